@@ -1,0 +1,125 @@
+//! Command-line definitions; help text comes from the doc comments.
+
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "unclip",
+    version,
+    about = "DALL-E 2 (unCLIP) in Rust: CLIP, prior, decoder, upsamplers"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Embed texts and/or images with a CLIP model (transformers layout).
+    Embed(EmbedArgs),
+    /// Zero-shot classify an image against text labels.
+    Classify(ClassifyArgs),
+    /// Train a model.
+    #[command(subcommand)]
+    Train(TrainCommand),
+    /// Train a CLIP BPE tokenizer on captions.
+    Tokenizer(TokenizerArgs),
+    /// Re-save a CLIP folder in another transformers layout.
+    Convert(ConvertArgs),
+    /// Build datasets.
+    #[command(subcommand)]
+    Data(crate::data_cmd::DataCommand),
+}
+
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// CLIP model folder (config.json, model.safetensors, tokenizer files).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// A text to embed (repeat for several).
+    #[arg(long = "text")]
+    pub texts: Vec<String>,
+    /// An image file to embed (repeat for several).
+    #[arg(long = "image")]
+    pub images: Vec<PathBuf>,
+    /// Print {"input_ids", "text_embeds", "image_embeds"} as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct ClassifyArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub image: PathBuf,
+    /// Candidate labels, e.g. --labels "a cat" "a dog".
+    #[arg(long, num_args = 1.., required = true)]
+    pub labels: Vec<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum TrainCommand {
+    /// Contrastive CLIP training on an image folder with same-named .txt captions.
+    Clip(TrainClipArgs),
+}
+
+#[derive(Args)]
+pub struct TrainClipArgs {
+    /// Folder of images (png, jpg, webp) with a same-named .txt caption each.
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder (a transformers CLIPModel folder with tokenizer).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Built-in recipe.
+    #[arg(long, default_value = "tiny", value_parser = ["tiny", "small"], conflicts_with = "config")]
+    pub preset: String,
+    /// A recipe JSON file instead of a preset (same fields as models/presets/clip-*.json).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 500)]
+    pub max_steps: usize,
+    /// Overrides the recipe's batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Overrides the recipe's learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Write the model every N steps (0: only at the end).
+    #[arg(long, default_value_t = 100)]
+    pub checkpoint_every: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Use this tokenizer folder instead of training one on the captions.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct TokenizerArgs {
+    /// A text file with one caption per line, or an image folder with .txt captions.
+    #[arg(long)]
+    pub captions: PathBuf,
+    #[arg(long, default_value_t = 4096)]
+    pub vocab_size: usize,
+    #[arg(long, default_value_t = 77)]
+    pub context_length: usize,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Args)]
+pub struct ConvertArgs {
+    /// Source CLIP folder (any layout holding the towers you ask for).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// full (CLIPModel), text (CLIPTextModelWithProjection) or vision (CLIPVisionModelWithProjection).
+    #[arg(long, value_parser = ["full", "text", "vision"])]
+    pub layout: String,
+    #[arg(long)]
+    pub out: PathBuf,
+}

@@ -1,0 +1,188 @@
+//! One function per command: call the library, format its answer.
+
+use crate::cli::{
+    ClassifyArgs, Cli, Command, ConvertArgs, EmbedArgs, TokenizerArgs, TrainClipArgs, TrainCommand,
+};
+use crate::progress;
+use anyhow::{bail, Context, Result};
+use candle_core::Device;
+use unclip::clip::{load_clip_tensors, save_clip, ClipConfig, ClipLayout, ClipModel};
+use unclip::data::ImageFolder;
+use unclip::pipeline::ClipEmbedder;
+use unclip::tokenizer::ClipTokenizer;
+use unclip::train::{train_clip, ClipRecipe, ClipTrainOptions};
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Embed(args) => embed(args),
+        Command::Classify(args) => classify(args),
+        Command::Train(TrainCommand::Clip(args)) => train_clip_command(args),
+        Command::Tokenizer(args) => tokenizer(args),
+        Command::Convert(args) => convert(args),
+        Command::Data(command) => crate::data_cmd::run(command),
+    }
+}
+
+fn embed(args: EmbedArgs) -> Result<()> {
+    if args.texts.is_empty() && args.images.is_empty() {
+        bail!("nothing to embed: pass --text and/or --image");
+    }
+    let embedder = ClipEmbedder::load(&args.model, &Device::Cpu)?;
+    let out = embedder.embed(&args.texts, &args.images)?;
+    if args.json {
+        println!("{}", serde_json::to_string(&out)?);
+        return Ok(());
+    }
+    for (text, e) in args.texts.iter().zip(&out.text_embeds) {
+        println!("text  {:?}: {} dims, [{}]", text, e.len(), preview(e));
+    }
+    for (image, e) in args.images.iter().zip(&out.image_embeds) {
+        println!(
+            "image {}: {} dims, [{}]",
+            image.display(),
+            e.len(),
+            preview(e)
+        );
+    }
+    if !out.text_embeds.is_empty() && !out.image_embeds.is_empty() {
+        println!("cosine similarity (rows: texts, columns: images)");
+        for t in &out.text_embeds {
+            let row: Vec<String> = out
+                .image_embeds
+                .iter()
+                .map(|i| format!("{:+.4}", t.iter().zip(i).map(|(a, b)| a * b).sum::<f32>()))
+                .collect();
+            println!("  {}", row.join("  "));
+        }
+    }
+    Ok(())
+}
+
+fn preview(values: &[f32]) -> String {
+    let head: Vec<String> = values.iter().take(4).map(|v| format!("{v:+.4}")).collect();
+    format!("{}, ...", head.join(", "))
+}
+
+fn classify(args: ClassifyArgs) -> Result<()> {
+    let embedder = ClipEmbedder::load(&args.model, &Device::Cpu)?;
+    let probs = embedder.classify(&args.image, &args.labels)?;
+    let mut ranked: Vec<(&String, f32)> = args.labels.iter().zip(probs).collect();
+    if args.json {
+        let map: serde_json::Map<String, serde_json::Value> = ranked
+            .iter()
+            .map(|(l, p)| ((*l).clone(), serde_json::json!(p)))
+            .collect();
+        println!("{}", serde_json::Value::Object(map));
+        return Ok(());
+    }
+    ranked.sort_by(|a, b| b.1.total_cmp(&a.1));
+    for (label, p) in ranked {
+        println!("{p:.4}  {label}");
+    }
+    Ok(())
+}
+
+fn train_clip_command(args: TrainClipArgs) -> Result<()> {
+    let mut recipe = match &args.config {
+        Some(path) => ClipRecipe::from_file(path)?,
+        None => ClipRecipe::preset(&args.preset)?,
+    };
+    if let Some(b) = args.batch_size {
+        recipe.batch_size = b;
+    }
+    if let Some(lr) = args.lr {
+        recipe.learning_rate = lr;
+    }
+    let opts = ClipTrainOptions {
+        data: args.data,
+        out: args.out.clone(),
+        recipe,
+        max_steps: args.max_steps,
+        checkpoint_every: args.checkpoint_every,
+        seed: args.seed,
+        tokenizer: args.tokenizer,
+    };
+    let bar = progress::bar(opts.max_steps as u64, "train clip");
+    let summary = train_clip(&opts, &mut |r| {
+        bar.set_position(r.step as u64);
+        bar.set_message(format!(
+            "loss {:.4} lr {:.2e} {:.1} img/s",
+            r.loss, r.lr, r.images_per_second
+        ));
+    })?;
+    bar.finish();
+    eprintln!(
+        "trained {} steps on {} pairs ({} unreadable images skipped) in {:.1}s: loss {:.4} -> {:.4}; model in {}",
+        summary.steps,
+        summary.pairs,
+        summary.skipped_images,
+        summary.seconds,
+        summary.first_loss,
+        summary.last_loss,
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn tokenizer(args: TokenizerArgs) -> Result<()> {
+    let captions: Vec<String> = if args.captions.is_dir() {
+        ImageFolder::scan(&args.captions)?
+            .items
+            .into_iter()
+            .map(|i| i.caption)
+            .collect()
+    } else {
+        std::fs::read_to_string(&args.captions)
+            .with_context(|| format!("reading {}", args.captions.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    if captions.is_empty() {
+        bail!("{} holds no captions", args.captions.display());
+    }
+    let tok = ClipTokenizer::train(captions.iter(), args.vocab_size, args.context_length)?;
+    tok.save(&args.out)?;
+    eprintln!(
+        "trained a {}-token vocabulary on {} captions; written to {}",
+        tok.vocab_size(),
+        captions.len(),
+        args.out.display()
+    );
+    Ok(())
+}
+
+fn convert(args: ConvertArgs) -> Result<()> {
+    let layout = ClipLayout::parse(&args.layout)?;
+    let model = ClipModel::load(&args.model, &Device::Cpu)?;
+    let config: ClipConfig = model.config().clone();
+    let wanted_text = matches!(layout, ClipLayout::Full | ClipLayout::Text);
+    let wanted_vision = matches!(layout, ClipLayout::Full | ClipLayout::Vision);
+    if (wanted_text && !model.has_text()) || (wanted_vision && !model.has_vision()) {
+        bail!(
+            "{} does not hold the towers a {} layout needs",
+            args.model.display(),
+            args.layout
+        );
+    }
+    let tensors = load_clip_tensors(&args.model, &Device::Cpu)?;
+    save_clip(&args.out, &config, &tensors, layout)?;
+    for name in [
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+        "preprocessor_config.json",
+    ] {
+        let src = args.model.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, args.out.join(name))
+                .with_context(|| format!("copying {}", src.display()))?;
+        }
+    }
+    eprintln!("wrote {} ({:?} layout)", args.out.display(), layout);
+    Ok(())
+}

@@ -1,0 +1,26 @@
+//! The `unclip` command: parses arguments, calls the library, formats the result.
+
+mod cli;
+mod commands;
+mod data_cmd;
+mod progress;
+
+use clap::Parser;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_env("UNCLIP_LOG").unwrap_or_else(|_| "warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = cli::Cli::parse();
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

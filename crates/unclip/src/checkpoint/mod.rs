@@ -1,0 +1,10 @@
+//! Hugging Face checkpoint folders, both ways: safetensors weights with errors that name the
+//! tensor, configs with Hugging Face's defaults, and writes that never leave a half-written file.
+
+mod atomic;
+mod config_file;
+mod weights;
+
+pub use atomic::{replace_dir, write_atomic};
+pub use config_file::{read_config, write_config};
+pub use weights::{find_weights_file, save_safetensors, Weights};

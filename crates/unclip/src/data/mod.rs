@@ -1,0 +1,6 @@
+//! Training data: (image, caption) pairs.
+
+mod folder;
+pub mod shapes;
+
+pub use folder::{CaptionedImage, ImageFolder, IMAGE_EXTENSIONS};

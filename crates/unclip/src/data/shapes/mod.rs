@@ -1,0 +1,1 @@
+//! The shapes world (shared/SHAPES.md).

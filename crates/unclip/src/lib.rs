@@ -1,0 +1,17 @@
+//! unclip: DALL-E 2 (unCLIP, Ramesh et al. 2022) in Rust on candle.
+//!
+//! The parts: [`clip`] reads prompts and embeds images; later modules add the diffusion prior,
+//! the decoder and the upsamplers. [`nn`] holds the numerics with correct gradients,
+//! [`checkpoint`] the Hugging Face folder layouts, [`train`] the training loops.
+
+pub mod checkpoint;
+pub mod clip;
+pub mod data;
+pub mod error;
+pub mod imageops;
+pub mod nn;
+pub mod pipeline;
+pub mod tokenizer;
+pub mod train;
+
+pub use error::{Error, Result};

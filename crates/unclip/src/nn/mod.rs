@@ -1,0 +1,16 @@
+//! Numerics with correct gradients.
+//!
+//! candle's fused `LayerNorm`, `ops::layer_norm`, `ops::softmax_last_dim` and `ops::rms_norm`
+//! record no backward op, so every parameter upstream of them silently receives no gradient.
+//! The ops here are built from differentiable primitives; every model in the project uses them,
+//! and `tests/gradients.rs` checks that each trainable tensor of each model gets a gradient.
+
+mod activation;
+mod attention;
+mod norm;
+mod softmax;
+
+pub use activation::{quick_gelu, sigmoid, Activation};
+pub use attention::{causal_mask, padding_mask, scaled_dot_product_attention, MASKED};
+pub use norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
+pub use softmax::{log_softmax_last_dim, softmax_last_dim};

@@ -1,0 +1,7 @@
+//! The library's integration tests, built as one binary, grouped by topic.
+
+mod common;
+mod gradients;
+mod parity_clip;
+mod parity_tokenizer;
+mod train_clip;
