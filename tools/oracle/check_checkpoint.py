@@ -63,7 +63,8 @@ def main():
     ap.add_argument("--tol", type=float, default=1e-4)
     ap.add_argument("--normalized", choices=["auto", "yes", "no"], default="auto",
                     help="whether --embed-json embeddings are L2-normalised (default: detect)")
-    ap.add_argument("--max-length", type=int, default=77)
+    ap.add_argument("--max-length", type=int, default=None,
+                    help="padded length; default: the text config's max_position_embeddings")
     ap.add_argument("--quiet", action="store_true", help="do not print the embeddings")
     args = ap.parse_args()
 
@@ -101,7 +102,8 @@ def main():
             print("no tokenizer files in DIR; pass --tokenizer", file=sys.stderr)
             return 2
         report["tokenizer"] = f"{type(tok).__name__} from {tok_src}"
-        enc = tok(args.text, padding="max_length", max_length=args.max_length, truncation=True,
+        max_length = args.max_length or model.config.text_config.max_position_embeddings
+        enc = tok(args.text, padding="max_length", max_length=max_length, truncation=True,
                   return_tensors="pt")
         ids = enc["input_ids"].to(torch.int64)
         report["input_ids"] = ids.tolist()

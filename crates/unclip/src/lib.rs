@@ -9,6 +9,7 @@ pub mod clip;
 pub mod data;
 pub mod error;
 pub mod imageops;
+pub mod models;
 pub mod nn;
 pub mod pipeline;
 pub mod tokenizer;

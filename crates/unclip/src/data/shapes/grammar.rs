@@ -58,11 +58,14 @@ impl FromStr for Form {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Form> {
-        Form::ALL.into_iter().find(|f| f.name() == s).ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "unknown prompt form `{s}`: expected one of single, counting, pair, relation"
-            ))
-        })
+        Form::ALL
+            .into_iter()
+            .find(|f| f.name() == s)
+            .ok_or_else(|| {
+                Error::InvalidInput(format!(
+                    "unknown prompt form `{s}`: expected one of single, counting, pair, relation"
+                ))
+            })
     }
 }
 

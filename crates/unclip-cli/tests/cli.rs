@@ -1,0 +1,182 @@
+//! The `unclip` binary as a user runs it: real files, bad files, exit codes and messages.
+
+use candle_core::{Device, Tensor};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tools/oracle/fixtures")
+}
+
+fn unclip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_unclip")).args(args).output().expect("the binary runs")
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("unclip-cli-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A copy of the tiny reference CLIP whose weights pass through `edit`.
+fn model_with(tag: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> PathBuf {
+    let src = fixtures().join("clip_tiny");
+    let dir = scratch(tag);
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    edit(&mut tensors);
+    candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
+    dir
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+#[test]
+fn embed_json_gives_normalised_embeddings_and_ids() {
+    let model = fixtures().join("clip_tiny");
+    let image = fixtures().join("images/image_0.png");
+    let out = unclip(&["embed", "--model", s(&model), "--text", "a photo of a cat", "--text", "", "--image", s(&image), "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["input_ids"].as_array().unwrap().len(), 2);
+    assert_eq!(v["input_ids"][0].as_array().unwrap().len(), 77);
+    for key in ["text_embeds", "image_embeds"] {
+        for row in v[key].as_array().unwrap() {
+            let norm: f64 = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+            assert!((norm - 1.0).abs() < 1e-5, "{key} norm {norm}");
+        }
+    }
+}
+
+#[test]
+fn classify_prints_a_probability_per_label() {
+    let model = fixtures().join("clip_tiny");
+    let image = fixtures().join("images/image_1.png");
+    let out = unclip(&["classify", "--model", s(&model), "--image", s(&image), "--labels", "a cat", "a dog", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let total: f64 = ["a cat", "a dog"].iter().map(|k| v[*k].as_f64().unwrap()).sum();
+    assert!((total - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn missing_model_folder_is_named() {
+    let out = unclip(&["embed", "--model", "/no/such/model", "--text", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("/no/such/model"), "{}", stderr(&out));
+}
+
+#[test]
+fn corrupt_weights_file_is_named() {
+    let dir = model_with("corrupt", |_| {});
+    std::fs::write(dir.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00garbage").unwrap();
+    let out = unclip(&["embed", "--model", s(&dir), "--text", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("model.safetensors") && err.contains("safetensors"), "{err}");
+}
+
+#[test]
+fn wrong_tensor_shape_names_tensor_and_both_shapes() {
+    let dir = model_with("shape", |t| {
+        t.insert("text_model.final_layer_norm.weight".into(), Tensor::ones(31, candle_core::DType::F32, &Device::Cpu).unwrap());
+    });
+    let out = unclip(&["embed", "--model", s(&dir), "--text", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("text_model.final_layer_norm.weight"), "{err}");
+    assert!(err.contains("expected shape [32], found [31]"), "{err}");
+}
+
+#[test]
+fn missing_tensor_is_named() {
+    let dir = model_with("missing", |t| {
+        t.remove("vision_model.post_layernorm.bias");
+    });
+    let out = unclip(&["embed", "--model", s(&dir), "--text", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("vision_model.post_layernorm.bias") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn non_images_and_truncated_images_are_clear_errors() {
+    let model = fixtures().join("clip_tiny");
+    let dir = scratch("images");
+    let text = dir.join("notes.png");
+    std::fs::write(&text, "this is text, not a picture").unwrap();
+    let out = unclip(&["embed", "--model", s(&model), "--image", s(&text)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("notes.png") && stderr(&out).contains("cannot read image"), "{}", stderr(&out));
+
+    let png = std::fs::read(fixtures().join("images/image_0.png")).unwrap();
+    let cut = dir.join("cut.png");
+    std::fs::write(&cut, &png[..png.len() / 2]).unwrap();
+    let out = unclip(&["classify", "--model", s(&model), "--image", s(&cut), "--labels", "a"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("cut.png"), "{}", stderr(&out));
+}
+
+#[test]
+fn empty_label_list_and_empty_embed_are_refused() {
+    let model = fixtures().join("clip_tiny");
+    let image = fixtures().join("images/image_0.png");
+    let out = unclip(&["classify", "--model", s(&model), "--image", s(&image), "--labels"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--labels"), "{}", stderr(&out));
+    let out = unclip(&["embed", "--model", s(&model)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("nothing to embed"), "{}", stderr(&out));
+}
+
+#[test]
+fn training_on_a_folder_without_pairs_says_why() {
+    let dir = scratch("empty-data");
+    image::RgbImage::new(8, 8).save(dir.join("lonely.png")).unwrap();
+    let out = unclip(&["train", "clip", "--data", s(&dir), "--out", s(&dir.join("out")), "--max-steps", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("no usable pairs") && err.contains("without a non-empty same-named .txt"), "{err}");
+}
+
+#[test]
+fn recipe_with_unknown_field_is_named() {
+    let dir = scratch("recipe");
+    let mut recipe: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures().join("../../../models/presets/clip-tiny.json")).unwrap()).unwrap();
+    recipe["learning_rat"] = serde_json::json!(0.1);
+    let path = dir.join("recipe.json");
+    std::fs::write(&path, recipe.to_string()).unwrap();
+    let out = unclip(&["train", "clip", "--data", s(&dir), "--out", s(&dir.join("o")), "--config", s(&path)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("learning_rat"), "{}", stderr(&out));
+}
+
+#[test]
+fn converted_layouts_reload_and_embed() {
+    let model = fixtures().join("clip_tiny");
+    let dir = scratch("convert");
+    let text_dir = dir.join("text");
+    let out = unclip(&["convert", "--model", s(&model), "--layout", "text", "--out", s(&text_dir)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(text_dir.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "CLIPTextModelWithProjection");
+    let out = unclip(&["embed", "--model", s(&text_dir), "--text", "a cat", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = unclip(&["embed", "--model", s(&text_dir), "--image", s(&fixtures().join("images/image_0.png"))]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("no vision tower"), "{}", stderr(&out));
+}

@@ -1,0 +1,3 @@
+//! The diffusion models of unCLIP: U-Nets, the prior, the text projection.
+
+pub mod unet;
