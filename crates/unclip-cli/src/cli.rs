@@ -27,6 +27,9 @@ pub enum Command {
     Tokenizer(TokenizerArgs),
     /// Re-save a CLIP folder in another transformers layout.
     Convert(ConvertArgs),
+    /// Measure throughput (compare with tools/bench/*.py).
+    #[command(subcommand)]
+    Bench(crate::bench::BenchCommand),
     /// Build datasets.
     #[command(subcommand)]
     Data(crate::data_cmd::DataCommand),

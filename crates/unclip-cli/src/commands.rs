@@ -20,6 +20,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(args) => tokenizer(args),
         Command::Convert(args) => convert(args),
         Command::Data(command) => crate::data_cmd::run(command),
+        Command::Bench(command) => crate::bench::run(command),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The `unclip` command: parses arguments, calls the library, formats the result.
 
+mod bench;
 mod cli;
 mod commands;
 mod data_cmd;

@@ -10,7 +10,10 @@ fn fixtures() -> PathBuf {
 }
 
 fn unclip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_unclip")).args(args).output().expect("the binary runs")
+    Command::new(env!("CARGO_BIN_EXE_unclip"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
 }
 
 fn stderr(out: &Output) -> String {
@@ -34,7 +37,8 @@ fn model_with(tag: &str, edit: impl FnOnce(&mut HashMap<String, Tensor>)) -> Pat
             std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
         }
     }
-    let mut tensors = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
+    let mut tensors =
+        candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
     edit(&mut tensors);
     candle_core::safetensors::save(&tensors, dir.join("model.safetensors")).unwrap();
     dir
@@ -48,14 +52,31 @@ fn s(p: &Path) -> &str {
 fn embed_json_gives_normalised_embeddings_and_ids() {
     let model = fixtures().join("clip_tiny");
     let image = fixtures().join("images/image_0.png");
-    let out = unclip(&["embed", "--model", s(&model), "--text", "a photo of a cat", "--text", "", "--image", s(&image), "--json"]);
+    let out = unclip(&[
+        "embed",
+        "--model",
+        s(&model),
+        "--text",
+        "a photo of a cat",
+        "--text",
+        "",
+        "--image",
+        s(&image),
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["input_ids"].as_array().unwrap().len(), 2);
     assert_eq!(v["input_ids"][0].as_array().unwrap().len(), 77);
     for key in ["text_embeds", "image_embeds"] {
         for row in v[key].as_array().unwrap() {
-            let norm: f64 = row.as_array().unwrap().iter().map(|x| x.as_f64().unwrap().powi(2)).sum::<f64>().sqrt();
+            let norm: f64 = row
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap().powi(2))
+                .sum::<f64>()
+                .sqrt();
             assert!((norm - 1.0).abs() < 1e-5, "{key} norm {norm}");
         }
     }
@@ -65,10 +86,23 @@ fn embed_json_gives_normalised_embeddings_and_ids() {
 fn classify_prints_a_probability_per_label() {
     let model = fixtures().join("clip_tiny");
     let image = fixtures().join("images/image_1.png");
-    let out = unclip(&["classify", "--model", s(&model), "--image", s(&image), "--labels", "a cat", "a dog", "--json"]);
+    let out = unclip(&[
+        "classify",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--labels",
+        "a cat",
+        "a dog",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let total: f64 = ["a cat", "a dog"].iter().map(|k| v[*k].as_f64().unwrap()).sum();
+    let total: f64 = ["a cat", "a dog"]
+        .iter()
+        .map(|k| v[*k].as_f64().unwrap())
+        .sum();
     assert!((total - 1.0).abs() < 1e-5);
 }
 
@@ -82,17 +116,27 @@ fn missing_model_folder_is_named() {
 #[test]
 fn corrupt_weights_file_is_named() {
     let dir = model_with("corrupt", |_| {});
-    std::fs::write(dir.join("model.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00garbage").unwrap();
+    std::fs::write(
+        dir.join("model.safetensors"),
+        b"\x10\x00\x00\x00\x00\x00\x00\x00garbage",
+    )
+    .unwrap();
     let out = unclip(&["embed", "--model", s(&dir), "--text", "x"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("model.safetensors") && err.contains("safetensors"), "{err}");
+    assert!(
+        err.contains("model.safetensors") && err.contains("safetensors"),
+        "{err}"
+    );
 }
 
 #[test]
 fn wrong_tensor_shape_names_tensor_and_both_shapes() {
     let dir = model_with("shape", |t| {
-        t.insert("text_model.final_layer_norm.weight".into(), Tensor::ones(31, candle_core::DType::F32, &Device::Cpu).unwrap());
+        t.insert(
+            "text_model.final_layer_norm.weight".into(),
+            Tensor::ones(31, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
     });
     let out = unclip(&["embed", "--model", s(&dir), "--text", "x"]);
     assert_eq!(out.status.code(), Some(1));
@@ -109,7 +153,10 @@ fn missing_tensor_is_named() {
     let out = unclip(&["embed", "--model", s(&dir), "--text", "x"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("vision_model.post_layernorm.bias") && err.contains("missing"), "{err}");
+    assert!(
+        err.contains("vision_model.post_layernorm.bias") && err.contains("missing"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -120,12 +167,24 @@ fn non_images_and_truncated_images_are_clear_errors() {
     std::fs::write(&text, "this is text, not a picture").unwrap();
     let out = unclip(&["embed", "--model", s(&model), "--image", s(&text)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("notes.png") && stderr(&out).contains("cannot read image"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("notes.png") && stderr(&out).contains("cannot read image"),
+        "{}",
+        stderr(&out)
+    );
 
     let png = std::fs::read(fixtures().join("images/image_0.png")).unwrap();
     let cut = dir.join("cut.png");
     std::fs::write(&cut, &png[..png.len() / 2]).unwrap();
-    let out = unclip(&["classify", "--model", s(&model), "--image", s(&cut), "--labels", "a"]);
+    let out = unclip(&[
+        "classify",
+        "--model",
+        s(&model),
+        "--image",
+        s(&cut),
+        "--labels",
+        "a",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cut.png"), "{}", stderr(&out));
 }
@@ -134,33 +193,70 @@ fn non_images_and_truncated_images_are_clear_errors() {
 fn empty_label_list_and_empty_embed_are_refused() {
     let model = fixtures().join("clip_tiny");
     let image = fixtures().join("images/image_0.png");
-    let out = unclip(&["classify", "--model", s(&model), "--image", s(&image), "--labels"]);
+    let out = unclip(&[
+        "classify",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--labels",
+    ]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("--labels"), "{}", stderr(&out));
     let out = unclip(&["embed", "--model", s(&model)]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("nothing to embed"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing to embed"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn training_on_a_folder_without_pairs_says_why() {
     let dir = scratch("empty-data");
-    image::RgbImage::new(8, 8).save(dir.join("lonely.png")).unwrap();
-    let out = unclip(&["train", "clip", "--data", s(&dir), "--out", s(&dir.join("out")), "--max-steps", "1"]);
+    image::RgbImage::new(8, 8)
+        .save(dir.join("lonely.png"))
+        .unwrap();
+    let out = unclip(&[
+        "train",
+        "clip",
+        "--data",
+        s(&dir),
+        "--out",
+        s(&dir.join("out")),
+        "--max-steps",
+        "1",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
-    assert!(err.contains("no usable pairs") && err.contains("without a non-empty same-named .txt"), "{err}");
+    assert!(
+        err.contains("no usable pairs") && err.contains("without a non-empty same-named .txt"),
+        "{err}"
+    );
 }
 
 #[test]
 fn recipe_with_unknown_field_is_named() {
     let dir = scratch("recipe");
-    let mut recipe: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixtures().join("../../../models/presets/clip-tiny.json")).unwrap()).unwrap();
+    let mut recipe: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("../../../models/presets/clip-tiny.json"))
+            .unwrap(),
+    )
+    .unwrap();
     recipe["learning_rat"] = serde_json::json!(0.1);
     let path = dir.join("recipe.json");
     std::fs::write(&path, recipe.to_string()).unwrap();
-    let out = unclip(&["train", "clip", "--data", s(&dir), "--out", s(&dir.join("o")), "--config", s(&path)]);
+    let out = unclip(&[
+        "train",
+        "clip",
+        "--data",
+        s(&dir),
+        "--out",
+        s(&dir.join("o")),
+        "--config",
+        s(&path),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("learning_rat"), "{}", stderr(&out));
 }
@@ -170,13 +266,36 @@ fn converted_layouts_reload_and_embed() {
     let model = fixtures().join("clip_tiny");
     let dir = scratch("convert");
     let text_dir = dir.join("text");
-    let out = unclip(&["convert", "--model", s(&model), "--layout", "text", "--out", s(&text_dir)]);
+    let out = unclip(&[
+        "convert",
+        "--model",
+        s(&model),
+        "--layout",
+        "text",
+        "--out",
+        s(&text_dir),
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let config: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(text_dir.join("config.json")).unwrap()).unwrap();
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(text_dir.join("config.json")).unwrap())
+            .unwrap();
     assert_eq!(config["architectures"][0], "CLIPTextModelWithProjection");
-    let out = unclip(&["embed", "--model", s(&text_dir), "--text", "a cat", "--json"]);
+    let out = unclip(&[
+        "embed",
+        "--model",
+        s(&text_dir),
+        "--text",
+        "a cat",
+        "--json",
+    ]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = unclip(&["embed", "--model", s(&text_dir), "--image", s(&fixtures().join("images/image_0.png"))]);
+    let out = unclip(&[
+        "embed",
+        "--model",
+        s(&text_dir),
+        "--image",
+        s(&fixtures().join("images/image_0.png")),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no vision tower"), "{}", stderr(&out));
 }

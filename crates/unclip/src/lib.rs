@@ -7,6 +7,7 @@
 pub mod checkpoint;
 pub mod clip;
 pub mod data;
+pub mod diffusion;
 pub mod error;
 pub mod imageops;
 pub mod models;

@@ -7,10 +7,14 @@
 
 mod activation;
 mod attention;
+mod embedding;
 mod norm;
+mod resample;
 mod softmax;
 
 pub use activation::{quick_gelu, sigmoid, Activation};
 pub use attention::{causal_mask, padding_mask, scaled_dot_product_attention, MASKED};
+pub use embedding::timestep_embedding;
 pub use norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
+pub use resample::{avg_pool_2x, upsample_nearest_2x};
 pub use softmax::{log_softmax_last_dim, softmax_last_dim};

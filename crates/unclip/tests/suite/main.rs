@@ -4,4 +4,5 @@ mod common;
 mod gradients;
 mod parity_clip;
 mod parity_tokenizer;
+mod shapes;
 mod train_clip;

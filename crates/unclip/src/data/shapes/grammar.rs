@@ -306,6 +306,12 @@ fn parse_words(text: &str) -> std::result::Result<Prompt, String> {
     if text.is_empty() {
         return Err("it is empty".to_string());
     }
+    if text.ends_with('.') {
+        return Err("prompts have no final period".to_string());
+    }
+    if text.chars().any(|c| c.is_uppercase()) {
+        return Err("prompts are lower case".to_string());
+    }
     // Words are separated by exactly one space: no leading, trailing or repeated spaces.
     let mut words = Words {
         words: text.split(' ').collect(),

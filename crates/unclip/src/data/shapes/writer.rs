@@ -105,12 +105,18 @@ pub fn read_prompt_file(path: &Path) -> Result<Vec<Prompt>> {
     Ok(prompts)
 }
 
-/// Writes items `0..n`, item `i` showing `prompt_of(i, rng)`, on all available cores.
+/// Writes items `0..n` into the new or empty folder `out`, item `i` showing
+/// `prompt_of(i, rng)`, on all available cores.
 fn write_items<F>(out: &Path, n: usize, seed: u64, prompt_of: F) -> Result<ShapesSummary>
 where
     F: Fn(usize, &mut ChaCha8Rng) -> Result<Prompt> + Sync,
 {
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    if n == 0 {
+        return Err(Error::InvalidInput(
+            "asked for 0 images: write at least one".to_string(),
+        ));
+    }
+    prepare_empty_dir(out)?;
     let threads = std::thread::available_parallelism()
         .map_or(1, |t| t.get())
         .min(n)
@@ -170,6 +176,20 @@ where
     write_atomic(&out.join(SUMMARY_FILE), &json)?;
     tracing::info!(images = n, out = %out.display(), "wrote shapes dataset");
     Ok(summary)
+}
+
+/// Creates `out`, or accepts it if it exists and is empty: items of an earlier run left beside
+/// new ones would silently mix two datasets.
+fn prepare_empty_dir(out: &Path) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let mut entries = std::fs::read_dir(out).map_err(|e| Error::io(out, e))?;
+    if entries.next().is_some() {
+        return Err(Error::InvalidInput(format!(
+            "{} is not empty: write a shapes dataset to a new or empty folder",
+            out.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Draws, renders and writes item `index`: scene graph, caption, then image.

@@ -111,7 +111,12 @@ fn only_the_requested_forms_are_written() {
         };
         assert_eq!(scene.objects.len(), n.get());
     }
-    assert!(write_shapes_dataset(&dir.0, 5, 0, &[]).is_err());
+    let fresh = dir.0.join("fresh");
+    assert!(write_shapes_dataset(&fresh, 5, 0, &[]).is_err());
+    assert!(write_shapes_dataset(&fresh, 0, 0, &Form::ALL).is_err());
+    // A folder that already holds items is refused rather than mixed into.
+    let err = write_shapes_dataset(&dir.0, 5, 0, &Form::ALL).unwrap_err();
+    assert!(err.to_string().contains("not empty"), "{err}");
 }
 
 #[test]

@@ -1,0 +1,123 @@
+//! `unclip bench`: throughput of the models on the same inputs the PyTorch scripts in
+//! tools/bench/ use (tokenisation and preprocessing not timed). Threads follow
+//! RAYON_NUM_THREADS, as candle's CPU kernels do; `--threads` sets it.
+
+use anyhow::{Context, Result};
+use candle_core::{Device, Tensor};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use std::time::Instant;
+use unclip::clip::ClipModel;
+use unclip::tokenizer::ClipTokenizer;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// CLIP text and image embedding throughput (tools/bench/clip_embed.py is the PyTorch side).
+    Clip(BenchClipArgs),
+}
+
+#[derive(Args)]
+pub struct BenchClipArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// Seconds per measurement (at least).
+    #[arg(long, default_value_t = 3.0)]
+    pub min_time: f64,
+    #[arg(long, default_value_t = 5)]
+    pub min_iters: usize,
+    /// Worker threads for candle's CPU kernels (sets RAYON_NUM_THREADS).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+pub fn run(command: BenchCommand) -> Result<()> {
+    match command {
+        BenchCommand::Clip(args) => clip(args),
+    }
+}
+
+/// Median and minimum milliseconds of `f` over at least `min_iters` runs and `min_time` seconds.
+fn time_it(
+    min_time: f64,
+    min_iters: usize,
+    mut f: impl FnMut() -> Result<()>,
+) -> Result<(f64, f64)> {
+    f()?; // warm-up
+    let mut times = Vec::new();
+    let started = Instant::now();
+    while times.len() < min_iters || started.elapsed().as_secs_f64() < min_time {
+        let t = Instant::now();
+        f()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok((times[times.len() / 2], times[0]))
+}
+
+fn clip(args: BenchClipArgs) -> Result<()> {
+    if let Some(t) = args.threads {
+        // SAFETY: set before any thread pool exists; this is the process's first candle work.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", t.to_string()) };
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let device = Device::Cpu;
+    let model = ClipModel::load(&args.model, &device)?;
+    let text_cfg = model.text_config()?.clone();
+    let tokenizer =
+        ClipTokenizer::load(&args.model)?.with_context_length(text_cfg.max_position_embeddings)?;
+    let prompts_file = args.model.join("bench_inputs.json");
+    let mut texts: Vec<String> = if prompts_file.is_file() {
+        let v: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&prompts_file)?)
+                .with_context(|| format!("reading {}", prompts_file.display()))?;
+        v["texts"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    if texts.is_empty() {
+        texts = vec!["a photo of a cat sitting on a red chair".to_string()];
+    }
+    let texts: Vec<String> = texts.iter().cycle().take(args.batch).cloned().collect();
+    let (ids, _) = tokenizer.encode_batch(&texts)?.to_tensors(&device)?;
+    let vision = model.vision_config()?.clone();
+    let pixels = Tensor::randn(
+        0f32,
+        1.0,
+        (args.batch, 3, vision.image_size, vision.image_size),
+        &device,
+    )?;
+
+    let (median, min) = time_it(args.min_time, args.min_iters, || {
+        model.text_features(&ids, None)?;
+        Ok(())
+    })?;
+    print_line("clip_text", threads, args.batch, median, min);
+    let (median, min) = time_it(args.min_time, args.min_iters, || {
+        model.image_features(&pixels)?;
+        Ok(())
+    })?;
+    print_line("clip_image", threads, args.batch, median, min);
+    Ok(())
+}
+
+fn print_line(what: &str, threads: usize, batch: usize, median_ms: f64, min_ms: f64) {
+    let line = serde_json::json!({
+        "impl": "unclip",
+        "bench": what,
+        "threads": threads,
+        "batch": batch,
+        "items_per_s": batch as f64 / (median_ms / 1e3),
+        "median_ms": median_ms,
+        "min_ms": min_ms,
+    });
+    println!("{line}");
+}
