@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 pub enum NoiseSource {
-    Seeded(ChaCha8Rng),
+    Seeded(Box<ChaCha8Rng>),
     Tape {
         path: PathBuf,
         draws: Vec<Tensor>,
@@ -21,7 +21,7 @@ pub enum NoiseSource {
 
 impl NoiseSource {
     pub fn seeded(seed: u64) -> Self {
-        Self::Seeded(ChaCha8Rng::seed_from_u64(seed))
+        Self::Seeded(Box::new(ChaCha8Rng::seed_from_u64(seed)))
     }
 
     /// Reads a tape: a safetensors file of tensors named `noise.000`, `noise.001`, ...

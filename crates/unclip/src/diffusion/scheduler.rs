@@ -115,6 +115,7 @@ pub struct Scheduler {
     schedule: NoiseSchedule,
     sampler: Sampler,
     timesteps: Vec<i64>,
+    prev_timesteps: Vec<i64>,
 }
 
 impl Scheduler {
@@ -144,15 +145,48 @@ impl Scheduler {
             }
         }
         let ratio = (train - 1) as f64 / (steps - 1) as f64;
-        let timesteps = (0..steps)
+        let timesteps: Vec<i64> = (0..steps)
             .rev()
             .map(|k| (k as f64 * ratio).round_ties_even() as i64)
             .collect();
+        let prev = timesteps.iter().skip(1).copied().chain([-1]).collect();
+        Self::with_timesteps(config, sampler, timesteps, prev)
+    }
+
+    /// A plan with explicit timesteps and the timestep each step lands on (-1 for the clean
+    /// end), for other spacings (diffusers' DDIM "leading"/"trailing", DPM-Solver "linspace").
+    pub fn with_timesteps(
+        config: &SchedulerConfig,
+        sampler: Sampler,
+        timesteps: Vec<i64>,
+        prev_timesteps: Vec<i64>,
+    ) -> Result<Self> {
+        let train = config.num_train_timesteps as i64;
+        let valid = !timesteps.is_empty()
+            && timesteps.len() == prev_timesteps.len()
+            && timesteps.iter().all(|&t| (0..train).contains(&t))
+            && timesteps.iter().zip(&prev_timesteps).all(|(&t, &p)| p < t);
+        if !valid {
+            return Err(Error::InvalidInput(format!(
+                "invalid sampling plan: timesteps {timesteps:?} landing on {prev_timesteps:?} \
+                 (each must be in 0..{train} and above the one it lands on)"
+            )));
+        }
+        if config.beta_schedule != "squaredcos_cap_v2" {
+            return Err(Error::config(
+                "beta_schedule",
+                format!(
+                    "`{}` is not supported; allowed: squaredcos_cap_v2",
+                    config.beta_schedule
+                ),
+            ));
+        }
         Ok(Self {
             config: config.clone(),
-            schedule: NoiseSchedule::cosine(train),
+            schedule: NoiseSchedule::cosine(config.num_train_timesteps),
             sampler,
             timesteps,
+            prev_timesteps,
         })
     }
 
@@ -178,10 +212,7 @@ impl Scheduler {
 
     /// The timestep after step `i`; -1 after the last (the clean sample).
     pub fn prev_timestep(&self, i: usize) -> i64 {
-        self.timesteps
-            .get(i + 1)
-            .copied()
-            .unwrap_or(self.timesteps[i] - 1)
+        self.prev_timesteps.get(i).copied().unwrap_or(-1)
     }
 
     /// Whether step `i` consumes a draw of noise (the reference draws exactly then).

@@ -3,6 +3,8 @@
 mod common;
 mod gradients;
 mod parity_clip;
+mod parity_prior;
+mod parity_schedulers;
 mod parity_tokenizer;
 mod shapes;
 mod train_clip;

@@ -75,7 +75,11 @@ default_fn!(cond_name, String, "UNet2DConditionModel".into());
 default_fn!(plain_name, String, "UNet2DModel".into());
 default_fn!(cond_channels, Vec<usize>, vec![320, 640, 1280, 1280]);
 default_fn!(plain_channels, Vec<usize>, vec![224, 448, 672, 896]);
-default_fn!(cond_mid, Option<String>, Some("UNetMidBlock2DCrossAttn".into()));
+default_fn!(
+    cond_mid,
+    Option<String>,
+    Some("UNetMidBlock2DCrossAttn".into())
+);
 default_fn!(plain_mid, Option<String>, Some("UNetMidBlock2D".into()));
 default_fn!(
     cond_down,
@@ -358,7 +362,10 @@ fn check_common(
     Ok(())
 }
 
-fn class_embedding(kind: &Option<String>, num_class_embeds: Option<usize>) -> Result<ClassEmbedding> {
+fn class_embedding(
+    kind: &Option<String>,
+    num_class_embeds: Option<usize>,
+) -> Result<ClassEmbedding> {
     match (kind.as_deref(), num_class_embeds) {
         (None, None) => Ok(ClassEmbedding::None),
         (Some("identity"), _) => Ok(ClassEmbedding::Identity),
@@ -390,9 +397,9 @@ impl UNet2DConditionConfig {
 
     pub(crate) fn resolve(&self) -> Result<Resolved> {
         let n = self.block_out_channels.len();
-        let groups = self
-            .norm_num_groups
-            .ok_or_else(|| Error::config("norm_num_groups", "null is not supported; give a number"))?;
+        let groups = self.norm_num_groups.ok_or_else(|| {
+            Error::config("norm_num_groups", "null is not supported; give a number")
+        })?;
         check_common(
             &self.block_out_channels,
             self.down_block_types.len(),
@@ -435,11 +442,26 @@ impl UNet2DConditionConfig {
             .resolve(n, "only_cross_attention")?;
         self.cross_attention_dim.resolve(n, "cross_attention_dim")?;
         let head_dims = self.attention_head_dim.resolve(n, "attention_head_dim")?;
-        for (i, (&c, &d)) in self.block_out_channels.iter().zip(&head_dims).enumerate() {
+        // Channels each attention layer sees, with the head width diffusers gives it (the up
+        // path reads attention_head_dim unreversed).
+        let channels = &self.block_out_channels;
+        let mut attention_layers = Vec::new();
+        for i in 0..n {
+            if down[i] == DownBlockKind::SimpleCrossAttn {
+                attention_layers.push((channels[i], head_dims[i]));
+            }
+            if up[i] == UpBlockKind::SimpleCrossAttn {
+                attention_layers.push((channels[n - 1 - i], head_dims[i]));
+            }
+        }
+        if mid == Some(MidBlockKind::SimpleCrossAttn) {
+            attention_layers.push((channels[n - 1], head_dims[n - 1]));
+        }
+        for (c, d) in attention_layers {
             if d == 0 || d > c {
                 return Err(Error::config(
                     "attention_head_dim",
-                    format!("{d} for block {i} with {c} channels gives no attention head"),
+                    format!("{d} with {c} channels gives no attention head"),
                 ));
             }
         }
@@ -582,9 +604,16 @@ mod tests {
         let mut bad = cfg.clone();
         bad.resnet_time_scale_shift = "spatial".into();
         let err = bad.validate().unwrap_err().to_string();
-        assert!(err.contains("resnet_time_scale_shift") && err.contains("scale_shift"), "{err}");
+        assert!(
+            err.contains("resnet_time_scale_shift") && err.contains("scale_shift"),
+            "{err}"
+        );
         let mut bad = cfg;
         bad.layers_per_block = PerBlock::Each(vec![1, 2]);
-        assert!(bad.validate().unwrap_err().to_string().contains("layers_per_block"));
+        assert!(bad
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("layers_per_block"));
     }
 }

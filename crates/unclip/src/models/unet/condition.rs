@@ -1,0 +1,357 @@
+//! unCLIP's decoder: a text- and image-conditioned U-Net (Ramesh et al. 2022, §2.1, after GLIDE,
+//! Nichol et al. 2021). The CLIP image embedding enters twice: projected and added to the
+//! timestep embedding (`class_labels`, `class_embed_type: identity`), and as four extra tokens
+//! in front of the caption's token states, which every attention layer reads through its
+//! added K/V projections. With learned variance the output has 2 × 3 channels (ε, then the
+//! variance interpolation v; Nichol & Dhariwal 2021, eq. 15).
+//!
+//! Reference: diffusers `models/unets/unet_2d_condition.py` (`UNet2DConditionModel`), restricted
+//! to the blocks Karlo's decoder uses and driven by the same `config.json`.
+
+use super::attention::AttentionSpec;
+use super::blocks::{
+    BlockInputs, BlockSpec, DownBlock, DownBlockKind, MidBlock, MidBlockKind, UpBlock, UpBlockKind,
+};
+use super::config::{parse_activation, ClassEmbedding, PerBlock, UNet2DConditionConfig};
+use super::folder::{read_folder, save_folder};
+use super::resnet::ResnetSpec;
+use super::time::{batch_timesteps, TimeEmbedding, TimeSpec};
+use crate::error::Result as CrateResult;
+use crate::nn::{Activation, GroupNorm};
+use candle_core::{DType, Device, Module, Result, Tensor};
+use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use std::path::Path;
+
+/// Additive attention bias diffusers gives masked tokens (`(1 - mask) * -10000`).
+pub const MASK_BIAS: f64 = -10_000.0;
+
+pub const CLASS_NAME: &str = "UNet2DConditionModel";
+
+#[derive(Debug, Clone)]
+pub struct UNet2DConditionModel {
+    conv_in: Conv2d,
+    time_embedding: TimeEmbedding,
+    time_embed_act: Option<Activation>,
+    down_blocks: Vec<DownBlock>,
+    mid_block: Option<MidBlock>,
+    up_blocks: Vec<UpBlock>,
+    conv_norm_out: GroupNorm,
+    conv_act: Activation,
+    conv_out: Conv2d,
+    class_embedding: ClassEmbedding,
+    config: UNet2DConditionConfig,
+}
+
+fn config_error(e: crate::Error) -> candle_core::Error {
+    candle_core::Error::Msg(e.to_string())
+}
+
+fn conv_same(cin: usize, cout: usize, kernel: usize, vb: VarBuilder) -> Result<Conv2d> {
+    let cfg = Conv2dConfig {
+        padding: (kernel - 1) / 2,
+        ..Default::default()
+    };
+    conv2d(cin, cout, kernel, cfg, vb)
+}
+
+impl UNet2DConditionModel {
+    pub fn new(cfg: &UNet2DConditionConfig, vb: VarBuilder) -> Result<Self> {
+        let r = cfg.resolve().map_err(config_error)?;
+        let channels = &cfg.block_out_channels;
+        let n = channels.len();
+        let groups = cfg.norm_num_groups.unwrap_or(32);
+        let per_block = |e: CrateResult<Vec<usize>>| e.map_err(config_error);
+        let cross_dims = per_block(cfg.cross_attention_dim.resolve(n, "cross_attention_dim"))?;
+        let head_dims = per_block(cfg.attention_head_dim.resolve(n, "attention_head_dim"))?;
+        let only_cross = cfg
+            .only_cross_attention
+            .resolve(n, "only_cross_attention")
+            .map_err(config_error)?;
+        let mid_only_cross = match (
+            cfg.mid_block_only_cross_attention,
+            &cfg.only_cross_attention,
+        ) {
+            (Some(flag), _) => flag,
+            (None, PerBlock::All(flag)) => *flag,
+            (None, PerBlock::Each(_)) => false,
+        };
+
+        let time_dim = cfg.time_embed_dim();
+        let activation = |field: &str, name: &Option<String>| {
+            name.as_deref()
+                .map(|a| parse_activation(field, a))
+                .transpose()
+                .map_err(config_error)
+        };
+        let time = TimeSpec {
+            features: channels[0],
+            dim: time_dim,
+            flip_sin_to_cos: cfg.flip_sin_to_cos,
+            freq_shift: cfg.freq_shift,
+            act: r.act,
+            post_act: activation("timestep_post_act", &cfg.timestep_post_act)?,
+        };
+        let temb_channels = if cfg.class_embeddings_concat {
+            2 * time_dim
+        } else {
+            time_dim
+        };
+        let resnet = ResnetSpec {
+            temb_channels,
+            groups,
+            eps: cfg.norm_eps,
+            act: r.act,
+            time_shift: r.time_shift,
+            skip_time_act: cfg.resnet_skip_time_act,
+            output_scale_factor: cfg.resnet_out_scale_factor,
+        };
+        // DownBlock2D / UpBlock2D / UNetMidBlock2D take neither of the two resnet_* options.
+        let plain_resnet = ResnetSpec {
+            skip_time_act: false,
+            output_scale_factor: 1.0,
+            ..resnet
+        };
+        let cross_attention =
+            |c: usize, head_dim: usize, cross_dim: usize, only: bool| AttentionSpec {
+                channels: c,
+                heads: c / head_dim,
+                head_dim,
+                added_kv_dim: Some(cross_dim),
+                only_cross_attention: only,
+                groups: Some(groups),
+                eps: 1e-5,
+                rescale_output_factor: 1.0,
+            };
+
+        let mut down_blocks = Vec::with_capacity(n);
+        for (i, kind) in r.down.iter().enumerate() {
+            let (cin, cout) = (channels[i.saturating_sub(1)], channels[i]);
+            let spec = BlockSpec {
+                in_channels: cin,
+                out_channels: cout,
+                num_layers: r.layers_per_block[i],
+                resample: i + 1 < n,
+                attention: Some(cross_attention(
+                    cout,
+                    head_dims[i],
+                    cross_dims[i],
+                    only_cross[i],
+                )),
+            };
+            let rs = if *kind == DownBlockKind::Plain {
+                &plain_resnet
+            } else {
+                &resnet
+            };
+            down_blocks.push(DownBlock::new(
+                *kind,
+                &spec,
+                rs,
+                cfg.downsample_padding,
+                vb.pp("down_blocks").pp(i),
+            )?);
+        }
+
+        let last = channels[n - 1];
+        let mid_resnet = ResnetSpec {
+            output_scale_factor: cfg.mid_block_scale_factor,
+            ..resnet
+        };
+        let mid_block = match r.mid {
+            Some(MidBlockKind::SimpleCrossAttn) => Some(MidBlock::new(
+                last,
+                1,
+                Some(&cross_attention(
+                    last,
+                    head_dims[n - 1],
+                    cross_dims[n - 1],
+                    mid_only_cross,
+                )),
+                &mid_resnet,
+                vb.pp("mid_block"),
+            )?),
+            Some(MidBlockKind::Plain) => Some(MidBlock::new(
+                last,
+                0,
+                None,
+                &ResnetSpec {
+                    skip_time_act: false,
+                    ..mid_resnet
+                },
+                vb.pp("mid_block"),
+            )?),
+            None => None,
+        };
+
+        let reversed: Vec<usize> = channels.iter().rev().copied().collect();
+        let mut up_blocks = Vec::with_capacity(n);
+        for (i, kind) in r.up.iter().enumerate() {
+            let j = n - 1 - i; // the matching down block
+            let prev = reversed[i.saturating_sub(1)];
+            let cout = reversed[i];
+            // diffusers indexes attention_head_dim without reversing it on the way up.
+            let spec = BlockSpec {
+                in_channels: reversed[(i + 1).min(n - 1)],
+                out_channels: cout,
+                num_layers: r.layers_per_block[j] + 1,
+                resample: i + 1 < n,
+                attention: Some(cross_attention(
+                    cout,
+                    head_dims[i],
+                    cross_dims[j],
+                    only_cross[j],
+                )),
+            };
+            let rs = if *kind == UpBlockKind::Plain {
+                &plain_resnet
+            } else {
+                &resnet
+            };
+            up_blocks.push(UpBlock::new(
+                *kind,
+                &spec,
+                prev,
+                rs,
+                vb.pp("up_blocks").pp(i),
+            )?);
+        }
+
+        Ok(Self {
+            conv_in: conv_same(
+                cfg.in_channels,
+                channels[0],
+                cfg.conv_in_kernel,
+                vb.pp("conv_in"),
+            )?,
+            time_embedding: TimeEmbedding::new(&time, vb.pp("time_embedding"))?,
+            time_embed_act: activation("time_embedding_act_fn", &cfg.time_embedding_act_fn)?,
+            down_blocks,
+            mid_block,
+            up_blocks,
+            conv_norm_out: GroupNorm::new(
+                groups,
+                channels[0],
+                cfg.norm_eps,
+                vb.pp("conv_norm_out"),
+            )?,
+            conv_act: r.act,
+            conv_out: conv_same(
+                channels[0],
+                cfg.out_channels,
+                cfg.conv_out_kernel,
+                vb.pp("conv_out"),
+            )?,
+            class_embedding: r.class_embedding,
+            config: cfg.clone(),
+        })
+    }
+
+    /// Loads a diffusers `UNet2DConditionModel` folder (Karlo's `decoder/`).
+    pub fn load(dir: &Path, device: &Device) -> CrateResult<Self> {
+        let (cfg, weights) = read_folder::<UNet2DConditionConfig>(dir, CLASS_NAME, device)?;
+        cfg.validate()?;
+        let model = Self::new(&cfg, weights.var_builder(DType::F32, device))
+            .map_err(|e| weights.explain(e))?;
+        weights.report_unused();
+        Ok(model)
+    }
+
+    /// Writes `tensors` (named as this model's parameters) and `cfg` as a diffusers folder that
+    /// `UNet2DConditionModel.from_pretrained` reads.
+    pub fn save(
+        dir: &Path,
+        cfg: &UNet2DConditionConfig,
+        tensors: &[(String, Tensor)],
+    ) -> CrateResult<()> {
+        cfg.validate()?;
+        save_folder(dir, cfg, tensors, |vb| Self::new(cfg, vb).map(|_| ()))
+    }
+
+    pub fn config(&self) -> &UNet2DConditionConfig {
+        &self.config
+    }
+
+    /// Predicts the noise (and, with `out_channels` 6, the variance interpolation) of `sample`.
+    ///
+    /// - `sample`: (B, C_in, H, W), H and W divisible by 2^(blocks - 1)
+    /// - `timestep`: (B,), (1,) or a scalar, f32
+    /// - `encoder_hidden_states`: (B, S, cross_attention_dim)
+    /// - `class_labels`: (B, time_embed_dim), required by `class_embed_type: identity`
+    /// - `attention_mask`: (B, S), 1 = attend, 0 = padding
+    pub fn forward(
+        &self,
+        sample: &Tensor,
+        timestep: &Tensor,
+        encoder_hidden_states: &Tensor,
+        class_labels: Option<&Tensor>,
+        attention_mask: Option<&Tensor>,
+    ) -> Result<Tensor> {
+        let (b, _, h, w) = sample.dims4()?;
+        let factor = 1usize << (self.up_blocks.len().saturating_sub(1));
+        if h % factor != 0 || w % factor != 0 {
+            candle_core::bail!(
+                "sample is {h}x{w}; this U-Net needs sides divisible by {factor} (2^number of upsamplers)"
+            );
+        }
+        // 1. Mask: (B, S) keep-mask → additive bias over the text keys.
+        let mask = attention_mask
+            .map(|m| (m.to_dtype(DType::F32)?.affine(-1.0, 1.0)? * MASK_BIAS)?.contiguous())
+            .transpose()?;
+        let sample = if self.config.center_input_sample {
+            sample.affine(2.0, -1.0)?
+        } else {
+            sample.clone()
+        };
+
+        // 2. Time (+ image) embedding.
+        let t = batch_timesteps(timestep, b)?;
+        let emb = self.time_embedding.forward(&t)?;
+        let emb = match (self.class_embedding, class_labels) {
+            (ClassEmbedding::Identity, Some(labels)) if self.config.class_embeddings_concat => {
+                Tensor::cat(&[&emb, labels], 1)?
+            }
+            (ClassEmbedding::Identity, Some(labels)) => (emb + labels)?,
+            (ClassEmbedding::Identity, None) => candle_core::bail!(
+                "class_labels are required: this U-Net adds them to the time embedding (class_embed_type identity)"
+            ),
+            (ClassEmbedding::None, Some(_)) => {
+                candle_core::bail!("class_labels given, but this U-Net has no class_embed_type")
+            }
+            (ClassEmbedding::None, None) => emb,
+        };
+        let emb = match self.time_embed_act {
+            Some(act) => act.forward(&emb)?,
+            None => emb,
+        };
+        let inputs = BlockInputs {
+            temb: &emb,
+            encoder: Some(encoder_hidden_states),
+            encoder_mask: mask.as_ref(),
+        };
+
+        // 3. Down, keeping every intermediate state for the skip connections.
+        let mut xs = self.conv_in.forward(&sample)?;
+        let mut skips = vec![xs.clone()];
+        for block in &self.down_blocks {
+            let (out, states) = block.forward(&xs, &inputs)?;
+            skips.extend(states);
+            xs = out;
+        }
+        // 4. Middle.
+        if let Some(mid) = &self.mid_block {
+            xs = mid.forward(&xs, &inputs)?;
+        }
+        // 5. Up, consuming the skips from the end.
+        for block in &self.up_blocks {
+            let take = block.num_skips();
+            let rest = skips.len().checked_sub(take).ok_or_else(|| {
+                candle_core::Error::Msg("U-Net skip connections do not line up".into())
+            })?;
+            xs = block.forward(&xs, &skips[rest..], &inputs)?;
+            skips.truncate(rest);
+        }
+        // 6. Out.
+        let xs = self.conv_act.forward(&self.conv_norm_out.forward(&xs)?)?;
+        self.conv_out.forward(&xs)
+    }
+}
