@@ -1,5 +1,9 @@
 //! Pipelines compose models, tokenizers and processors; they hold no tensor math of their own.
 
 mod embed;
+mod sampling;
+mod unclip;
 
 pub use embed::{ClipEmbedder, Embeddings};
+pub use sampling::{sample_loop, Progress, Stage};
+pub use unclip::{GenerateOptions, UnclipPipeline};

@@ -3,7 +3,9 @@
 //! attention).
 
 use candle_core::{DType, Device, Tensor};
-use unclip::models::unet::{UNet2DConditionConfig, UNet2DConditionModel, UNet2DConfig, UNet2DModel};
+use unclip::models::unet::{
+    UNet2DConditionConfig, UNet2DConditionModel, UNet2DConfig, UNet2DModel,
+};
 use unclip::train::ParamStore;
 
 /// Names of parameters whose gradient is missing or all zero.
@@ -15,7 +17,14 @@ fn without_gradient(params: &ParamStore, loss: &Tensor) -> Vec<String> {
         .filter(|(_, var)| {
             let norm = grads
                 .get(var.as_tensor())
-                .map(|g| g.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap())
+                .map(|g| {
+                    g.abs()
+                        .unwrap()
+                        .sum_all()
+                        .unwrap()
+                        .to_scalar::<f32>()
+                        .unwrap()
+                })
                 .unwrap_or(0.0);
             norm.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         })
@@ -65,7 +74,10 @@ fn check_decoder(cfg: &UNet2DConditionConfig) {
     assert_eq!(out.dims(), [2, 6, 8, 8]);
     let missing = without_gradient(&params, &weighted_sum(&out, 3));
     assert!(params.len() > 50, "only {} parameters", params.len());
-    assert!(missing.is_empty(), "parameters without gradient: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "parameters without gradient: {missing:?}"
+    );
 }
 
 #[test]
@@ -106,7 +118,10 @@ fn check_super_res(add_attention: bool) {
     assert_eq!(out.dims(), [2, 3, 8, 8]);
     let missing = without_gradient(&params, &weighted_sum(&out, 7));
     assert!(params.len() > 30, "only {} parameters", params.len());
-    assert!(missing.is_empty(), "parameters without gradient: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "parameters without gradient: {missing:?}"
+    );
 }
 
 #[test]

@@ -3,6 +3,7 @@
 mod common;
 mod gradients;
 mod parity_clip;
+mod parity_pipeline;
 mod parity_prior;
 mod parity_schedulers;
 mod parity_tokenizer;

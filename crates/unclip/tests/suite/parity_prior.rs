@@ -91,3 +91,26 @@ fn text_proj_matches_diffusers_with_and_without_guidance() {
         );
     }
 }
+
+#[test]
+fn antialiased_bicubic_matches_torch_up_and_down() {
+    let t = load_outputs("unclip_components.safetensors");
+    for (input, output) in [
+        ("bicubic.pipe.input", "bicubic.pipe.output"),
+        ("bicubic.up_16_32.input", "bicubic.up_16_32.output"),
+        ("bicubic.down_32_20.input", "bicubic.down_32_20.output"),
+    ] {
+        let want = &t[output];
+        let (_, _, h, w) = want.dims4().unwrap();
+        let got = unclip::imageops::resize_bicubic_antialias(&t[input], h, w).unwrap();
+        assert_close(output, &got, want, 1e-5);
+    }
+    let cropped = t["bicubic.up_16_32.input"].narrow(3, 0, 12).unwrap();
+    let got = unclip::imageops::resize_bicubic_antialias(&cropped, 27, 40).unwrap();
+    assert_close(
+        "bicubic.up_16x12_27x40",
+        &got,
+        &t["bicubic.up_16x12_27x40.output"],
+        1e-5,
+    );
+}

@@ -148,7 +148,8 @@ impl Attention {
             }
         };
         let scale = 1.0 / (self.spec.head_dim as f64).sqrt();
-        let attended = scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), scale)?; // (B, heads, HW, D)
+        // (B, heads, HW, D)
+        let attended = scaled_dot_product_attention(&q, &k, &v, mask.as_ref(), scale)?;
         let merged = attended.transpose(1, 2)?.reshape((b, h * w, ()))?; // (B, HW, heads·D)
         let out = self
             .to_out

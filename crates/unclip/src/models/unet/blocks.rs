@@ -104,7 +104,7 @@ pub struct BlockInputs<'a> {
 
 #[derive(Debug, Clone)]
 enum Downsampler {
-    Resnet(ResnetBlock2D),
+    Resnet(Box<ResnetBlock2D>),
     Conv(ConvDownsample),
 }
 
@@ -165,13 +165,13 @@ impl DownBlock {
                 downsample_padding,
                 vb.pp("downsamplers").pp(0),
             )?)),
-            (true, _) => Some(Downsampler::Resnet(ResnetBlock2D::new(
+            (true, _) => Some(Downsampler::Resnet(Box::new(ResnetBlock2D::new(
                 resnet,
                 spec.out_channels,
                 spec.out_channels,
                 Resample::Down,
                 vb.pp("downsamplers").pp(0),
-            )?)),
+            )?))),
         };
         Ok(Self {
             resnets,
@@ -257,7 +257,7 @@ impl MidBlock {
 
 #[derive(Debug, Clone)]
 enum Upsampler {
-    Resnet(ResnetBlock2D),
+    Resnet(Box<ResnetBlock2D>),
     Conv(ConvUpsample),
 }
 
@@ -312,13 +312,13 @@ impl UpBlock {
                 spec.out_channels,
                 vb.pp("upsamplers").pp(0),
             )?)),
-            (true, _) => Some(Upsampler::Resnet(ResnetBlock2D::new(
+            (true, _) => Some(Upsampler::Resnet(Box::new(ResnetBlock2D::new(
                 resnet,
                 spec.out_channels,
                 spec.out_channels,
                 Resample::Up,
                 vb.pp("upsamplers").pp(0),
-            )?)),
+            )?))),
         };
         Ok(Self {
             resnets,

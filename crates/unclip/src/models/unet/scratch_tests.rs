@@ -337,6 +337,53 @@ mod parity_unet {
         tensors.sort_by(|a, b| a.0.cmp(&b.0));
         tensors
     }
+
+    /// The paths Karlo does not use (plain conv resamplers, per-block head widths,
+    /// `only_cross_attention`, additive time conditioning with `resnet_skip_time_act` and output
+    /// scale factors, `time_embedding_act_fn`, `timestep_post_act`, `class_embeddings_concat`, 5x5 and
+    /// 1x1 in/out convs, `freq_shift`, unflipped sinusoids, `center_input_sample`, mid-block
+    /// self-attention with and without its group norm, non-square samples). The fixture folder is
+    /// made by `make_unet_variants.py` (diffusers 0.42.1) and named by `UNCLIP_UNET_FIXTURE`.
+    #[test]
+    #[ignore = "needs UNCLIP_UNET_FIXTURE, a folder written by make_unet_variants.py"]
+    fn variant_blocks_match_diffusers() {
+        let dir = std::path::PathBuf::from(
+            std::env::var_os("UNCLIP_UNET_FIXTURE").expect("UNCLIP_UNET_FIXTURE is not set"),
+        );
+        let dev = Device::Cpu;
+        let t = candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
+        for (model, masked) in [("a", true), ("o", false)] {
+            let unet =
+                UNet2DConditionModel::load(&dir.join(format!("cond_{model}")), &dev).unwrap();
+            let got = unet
+                .forward(
+                    &t["a.sample"],
+                    &t["a.timestep"],
+                    &t["a.encoder_hidden_states"],
+                    Some(&t["a.class_labels"]),
+                    masked.then(|| &t["a.attention_mask"]),
+                )
+                .unwrap();
+            assert_close(
+                &format!("cond_{model}"),
+                &got,
+                &t[&format!("{model}.output")],
+                TOL,
+            );
+        }
+        for model in ["b", "c"] {
+            let unet = UNet2DModel::load(&dir.join(format!("plain_{model}")), &dev).unwrap();
+            let key = |k: &str| format!("{model}.{k}");
+            let got = unet
+                .forward(
+                    &t[&key("sample")],
+                    &t[&key("timestep")],
+                    Some(&t[&key("class_labels")]),
+                )
+                .unwrap();
+            assert_close(&format!("plain_{model}"), &got, &t[&key("output")], TOL);
+        }
+    }
 }
 mod diffs {
     use super::common::{load_outputs, max_abs_diff, oracle_dir};
@@ -401,5 +448,149 @@ mod diffs {
                 );
             }
         }
+    }
+}
+mod diffs_variants {
+    use super::common::max_abs_diff;
+    use crate::models::unet::{UNet2DConditionModel, UNet2DModel};
+    use candle_core::Device;
+    #[test]
+    fn print_variant_diffs() {
+        let dir = std::path::PathBuf::from("/tmp/unet_fixture/out");
+        let dev = Device::Cpu;
+        let t = candle_core::safetensors::load(dir.join("io.safetensors"), &dev).unwrap();
+        for (model, masked) in [("a", true), ("o", false)] {
+            let unet =
+                UNet2DConditionModel::load(&dir.join(format!("cond_{model}")), &dev).unwrap();
+            let got = unet
+                .forward(
+                    &t["a.sample"],
+                    &t["a.timestep"],
+                    &t["a.encoder_hidden_states"],
+                    Some(&t["a.class_labels"]),
+                    masked.then(|| &t["a.attention_mask"]),
+                )
+                .unwrap();
+            eprintln!(
+                "cond_{model}: {:e}",
+                max_abs_diff(&got, &t[&format!("{model}.output")])
+            );
+        }
+        for model in ["b", "c"] {
+            let unet = UNet2DModel::load(&dir.join(format!("plain_{model}")), &dev).unwrap();
+            let key = |k: &str| format!("{model}.{k}");
+            let got = unet
+                .forward(
+                    &t[&key("sample")],
+                    &t[&key("timestep")],
+                    Some(&t[&key("class_labels")]),
+                )
+                .unwrap();
+            eprintln!(
+                "plain_{model}: {:e}",
+                max_abs_diff(&got, &t[&key("output")])
+            );
+        }
+    }
+}
+mod karlo_keys {
+    use crate::models::unet::{
+        UNet2DConditionConfig, UNet2DConditionModel, UNet2DConfig, UNet2DModel,
+    };
+    use candle_core::{DType, Device, Shape, Tensor};
+    use candle_nn::var_builder::SimpleBackend;
+    use candle_nn::VarBuilder;
+    use std::collections::BTreeMap;
+    use std::sync::{Arc, Mutex};
+    #[derive(Clone, Default)]
+    struct Rec(Arc<Mutex<BTreeMap<String, Vec<usize>>>>);
+    impl SimpleBackend for Rec {
+        fn get(
+            &self,
+            s: Shape,
+            name: &str,
+            _: candle_nn::Init,
+            dtype: DType,
+            dev: &Device,
+        ) -> candle_core::Result<Tensor> {
+            self.0
+                .lock()
+                .unwrap()
+                .insert(name.to_string(), s.dims().to_vec());
+            Tensor::zeros((), dtype, dev)?.broadcast_as(s)
+        }
+        fn get_unchecked(&self, name: &str, _: DType, _: &Device) -> candle_core::Result<Tensor> {
+            candle_core::bail!("{name}")
+        }
+        fn contains_tensor(&self, _: &str) -> bool {
+            false
+        }
+    }
+    #[test]
+    fn karlo_keys_match() {
+        let j: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string("/tmp/karlo_keys/keys.json").unwrap())
+                .unwrap();
+        for which in ["decoder", "super_res"] {
+            let rec = Rec::default();
+            let vb = VarBuilder::from_backend(Box::new(rec.clone()), DType::F32, Device::Cpu);
+            if which == "decoder" {
+                let cfg: UNet2DConditionConfig =
+                    serde_json::from_value(j[which]["config"].clone()).unwrap();
+                UNet2DConditionModel::new(&cfg, vb).unwrap();
+            } else {
+                let cfg: UNet2DConfig = serde_json::from_value(j[which]["config"].clone()).unwrap();
+                UNet2DModel::new(&cfg, vb).unwrap();
+            }
+            let want: BTreeMap<String, Vec<usize>> =
+                serde_json::from_value(j[which]["keys"].clone()).unwrap();
+            let got = rec.0.lock().unwrap().clone();
+            let missing: Vec<_> = want.keys().filter(|k| !got.contains_key(*k)).collect();
+            let extra: Vec<_> = got.keys().filter(|k| !want.contains_key(*k)).collect();
+            let bad: Vec<_> = want
+                .iter()
+                .filter(|(k, v)| got.get(*k).is_some_and(|g| g != *v))
+                .collect();
+            eprintln!(
+                "{which}: {} keys, missing {missing:?} extra {extra:?} bad shapes {bad:?}",
+                want.len()
+            );
+            assert!(missing.is_empty() && extra.is_empty() && bad.is_empty());
+        }
+    }
+}
+mod bench {
+    use super::common::max_abs_diff;
+    use crate::models::unet::UNet2DConditionModel;
+    use candle_core::Device;
+    #[test]
+    #[ignore]
+    fn bench_decoder() {
+        let dir = std::path::PathBuf::from("/tmp/unet_bench");
+        let dev = Device::Cpu;
+        let t = candle_core::safetensors::load(dir.join("bench_inputs.safetensors"), &dev).unwrap();
+        for k in t.keys() {
+            eprintln!("{k} {:?}", t[k].dims());
+        }
+        let m = UNet2DConditionModel::load(&dir.join("decoder"), &dev).unwrap();
+        let run = || {
+            m.forward(
+                &t["sample"],
+                &t["timestep"],
+                &t["encoder_hidden_states"],
+                Some(&t["class_labels"]),
+                Some(&t["attention_mask"]),
+            )
+            .unwrap()
+        };
+        let out = run();
+        eprintln!("diff {:e}", max_abs_diff(&out, &t["output"]));
+        let mut times = vec![];
+        for _ in 0..3 {
+            let s = std::time::Instant::now();
+            run();
+            times.push(s.elapsed().as_secs_f64() * 1e3);
+        }
+        eprintln!("times ms {times:?}");
     }
 }

@@ -1,0 +1,564 @@
+//! unCLIP text-to-image and image variations (Ramesh et al. 2022, §2), composed from the
+//! models: tokenizer → CLIP text tower → guided prior → text projection → guided decoder →
+//! upsamplers. Loads diffusers' unCLIP pipeline folders (Karlo's layout: `model_index.json`,
+//! `prior/`, `text_proj/`, `decoder/`, `super_res_first/`, `super_res_last/`, `text_encoder/`,
+//! `tokenizer/`, the three schedulers; variations add `image_encoder/` and `feature_extractor/`).
+//! Reference order of operations: diffusers `pipelines/deprecated/unclip/pipeline_unclip.py`.
+
+use super::sampling::{sample_loop, Progress, Stage};
+use crate::checkpoint::read_config;
+use crate::clip::{ClipImageProcessor, ClipModel};
+use crate::diffusion::{
+    classifier_free_guidance, NoiseSource, Sampler, Scheduler, SchedulerConfig,
+};
+use crate::error::{Error, Result};
+use crate::imageops::resize_bicubic_antialias;
+use crate::models::unet::{SampleSize, UNet2DConditionModel, UNet2DModel};
+use crate::models::{PriorTransformer, TextProj};
+use crate::tokenizer::ClipTokenizer;
+use candle_core::{DType, Device, Tensor, D};
+use std::path::{Path, PathBuf};
+
+/// Per-stage sampling settings; defaults are Karlo's (diffusers' pipeline signature).
+#[derive(Debug, Clone)]
+pub struct GenerateOptions {
+    pub images_per_prompt: usize,
+    pub prior_steps: usize,
+    pub decoder_steps: usize,
+    pub super_res_steps: usize,
+    pub prior_guidance: f64,
+    pub decoder_guidance: f64,
+    pub sampler: Sampler,
+    /// Draw this many prior samples per image and keep the one whose embedding has the highest
+    /// dot product with the text embedding (unCLIP §2.2 uses 2). 1 reproduces the reference.
+    pub prior_candidates: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self {
+            images_per_prompt: 1,
+            prior_steps: 25,
+            decoder_steps: 25,
+            super_res_steps: 7,
+            prior_guidance: 4.0,
+            decoder_guidance: 8.0,
+            sampler: Sampler::Ddpm,
+            prior_candidates: 1,
+        }
+    }
+}
+
+impl GenerateOptions {
+    fn validate(&self) -> Result<()> {
+        if !(1..=64).contains(&self.images_per_prompt) {
+            return Err(Error::InvalidInput(format!(
+                "n = {}; allowed: 1..=64",
+                self.images_per_prompt
+            )));
+        }
+        if !(1..=16).contains(&self.prior_candidates) {
+            return Err(Error::InvalidInput(format!(
+                "prior candidates = {}; allowed: 1..=16",
+                self.prior_candidates
+            )));
+        }
+        for (name, g) in [
+            ("prior guidance", self.prior_guidance),
+            ("decoder guidance", self.decoder_guidance),
+        ] {
+            if !g.is_finite() || g < 0.0 {
+                return Err(Error::InvalidInput(format!(
+                    "{name} {g}; allowed: a number >= 0 (1 disables guidance)"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The text tower's view of a batch of prompts.
+struct EncodedText {
+    embeds: Tensor, // (B, D)
+    states: Tensor, // (B, T, D)
+    mask: Tensor,   // (B, T) u32
+}
+
+pub struct UnclipPipeline {
+    pub tokenizer: ClipTokenizer,
+    pub text_encoder: ClipModel,
+    pub prior: Option<PriorTransformer>,
+    pub prior_scheduler: SchedulerConfig,
+    pub text_proj: TextProj,
+    pub decoder: UNet2DConditionModel,
+    pub decoder_scheduler: SchedulerConfig,
+    pub super_res_first: Option<UNet2DModel>,
+    pub super_res_last: Option<UNet2DModel>,
+    pub super_res_scheduler: SchedulerConfig,
+    pub image_encoder: Option<ClipModel>,
+    pub feature_extractor: Option<ClipImageProcessor>,
+    device: Device,
+}
+
+fn component(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if path.is_dir() {
+        Ok(path)
+    } else {
+        Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!("the pipeline has no `{name}/` component, which this operation needs"),
+        })
+    }
+}
+
+fn scheduler_config(dir: &Path, name: &str) -> Result<SchedulerConfig> {
+    let path = component(dir, name)?.join("scheduler_config.json");
+    read_config(&path, "an UnCLIPScheduler config")
+}
+
+fn side(size: &Option<SampleSize>, field: &str) -> Result<(usize, usize)> {
+    match size {
+        Some(SampleSize::Square(n)) => Ok((*n, *n)),
+        Some(SampleSize::Rect(v)) if v.len() == 2 => Ok((v[0], v[1])),
+        _ => Err(Error::config(
+            field,
+            "sample_size must be set (an int or [height, width])",
+        )),
+    }
+}
+
+impl UnclipPipeline {
+    /// Loads a pipeline folder. Text-to-image needs `prior/`; variations need `image_encoder/`;
+    /// `super_res_*` are optional (then the decoder's image is the output).
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        if !dir.join("model_index.json").is_file() {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message: "no model_index.json: not a diffusers pipeline folder".into(),
+            });
+        }
+        let tokenizer = ClipTokenizer::load(&component(dir, "tokenizer")?)?;
+        let text_encoder = ClipModel::load(&component(dir, "text_encoder")?, device)?;
+        let prior = if dir.join("prior").is_dir() {
+            Some(PriorTransformer::load(&dir.join("prior"), device)?)
+        } else {
+            None
+        };
+        let prior_scheduler = if prior.is_some() {
+            scheduler_config(dir, "prior_scheduler")?
+        } else {
+            SchedulerConfig::default()
+        };
+        let text_proj = TextProj::load(&component(dir, "text_proj")?, device)?;
+        let decoder = UNet2DConditionModel::load(&component(dir, "decoder")?, device)?;
+        let decoder_scheduler = scheduler_config(dir, "decoder_scheduler")?;
+        let (super_res_first, super_res_last, super_res_scheduler) =
+            if dir.join("super_res_first").is_dir() {
+                let first = UNet2DModel::load(&dir.join("super_res_first"), device)?;
+                let last = match dir.join("super_res_last").is_dir() {
+                    true => Some(UNet2DModel::load(&dir.join("super_res_last"), device)?),
+                    false => None,
+                };
+                (
+                    Some(first),
+                    last,
+                    scheduler_config(dir, "super_res_scheduler")?,
+                )
+            } else {
+                (None, None, SchedulerConfig::default())
+            };
+        let (image_encoder, feature_extractor) = if dir.join("image_encoder").is_dir() {
+            let encoder = ClipModel::load(&dir.join("image_encoder"), device)?;
+            let size = encoder.vision_config()?.image_size;
+            let processor =
+                ClipImageProcessor::load_or_default(&dir.join("feature_extractor"), size)?;
+            (Some(encoder), Some(processor))
+        } else {
+            (None, None)
+        };
+        let pipeline = Self {
+            tokenizer,
+            text_encoder,
+            prior,
+            prior_scheduler,
+            text_proj,
+            decoder,
+            decoder_scheduler,
+            super_res_first,
+            super_res_last,
+            super_res_scheduler,
+            image_encoder,
+            feature_extractor,
+            device: device.clone(),
+        };
+        pipeline.check_dimensions()?;
+        Ok(pipeline)
+    }
+
+    /// Components whose sizes disagree are named here, not deep inside a matmul.
+    fn check_dimensions(&self) -> Result<()> {
+        let text = self.text_encoder.text_config()?;
+        let clip_dim = self.text_proj.config().clip_embeddings_dim;
+        let mismatch = |what: String| {
+            Err(Error::Checkpoint {
+                path: PathBuf::from("pipeline"),
+                message: what,
+            })
+        };
+        if text.projection_dim != clip_dim || text.hidden_size != clip_dim {
+            return mismatch(format!(
+                "text_encoder (hidden {}, projection {}) does not match text_proj.clip_embeddings_dim {clip_dim}",
+                text.hidden_size, text.projection_dim
+            ));
+        }
+        if let Some(prior) = &self.prior {
+            if prior.config().embedding_dim != clip_dim
+                || prior.config().num_embeddings != self.tokenizer.context_length()
+            {
+                return mismatch(format!(
+                    "prior (embedding_dim {}, num_embeddings {}) does not match the CLIP size {clip_dim} and the tokenizer's {} tokens",
+                    prior.config().embedding_dim,
+                    prior.config().num_embeddings,
+                    self.tokenizer.context_length()
+                ));
+            }
+        }
+        let decoder = self.decoder.config();
+        let cross = decoder.cross_attention_dim.resolve(
+            decoder.down_block_types.len(),
+            "decoder.cross_attention_dim",
+        )?;
+        let wanted = self.text_proj.config().cross_attention_dim;
+        if cross.iter().any(|&c| c != wanted) {
+            return mismatch(format!(
+                "decoder.cross_attention_dim {cross:?} differs from text_proj.cross_attention_dim {wanted}"
+            ));
+        }
+        if let Some(encoder) = &self.image_encoder {
+            if encoder.vision_config()?.projection_dim != clip_dim {
+                return mismatch(format!(
+                    "image_encoder.projection_dim {} differs from the CLIP size {clip_dim}",
+                    encoder.vision_config()?.projection_dim
+                ));
+            }
+        }
+        if let Some(first) = &self.super_res_first {
+            if first.config().in_channels != 2 * decoder.in_channels {
+                return mismatch(format!(
+                    "super_res_first.in_channels {} must be twice the decoder's {} (noisy image + upscaled image)",
+                    first.config().in_channels,
+                    decoder.in_channels
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The output resolution.
+    pub fn output_size(&self) -> Result<(usize, usize)> {
+        match &self.super_res_first {
+            Some(sr) => side(&sr.config().sample_size, "super_res_first.sample_size"),
+            None => side(&self.decoder.config().sample_size, "decoder.sample_size"),
+        }
+    }
+
+    fn encode_text<S: AsRef<str>>(&self, prompts: &[S], repeat: usize) -> Result<EncodedText> {
+        let batch = self.tokenizer.encode_batch(prompts)?;
+        let (ids, mask) = batch.to_tensors(&self.device)?;
+        let out = self.text_encoder.text_outputs(&ids, None)?;
+        let embeds = self.text_encoder.text_features(&ids, None)?;
+        let repeat_rows = |t: &Tensor| -> Result<Tensor> {
+            let idx: Vec<u32> = (0..t.dim(0)? as u32)
+                .flat_map(|i| std::iter::repeat_n(i, repeat))
+                .collect();
+            Ok(t.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?)
+        };
+        Ok(EncodedText {
+            embeds: repeat_rows(&embeds)?,
+            states: repeat_rows(&out.last_hidden_state)?,
+            mask: repeat_rows(&mask)?,
+        })
+    }
+
+    /// (uncond, cond) stacked on the batch, as every guided call takes it.
+    fn with_unconditional(&self, cond: EncodedText) -> Result<EncodedText> {
+        let b = cond.embeds.dim(0)?;
+        let uncond = self.encode_text(&vec![""; b], 1)?;
+        Ok(EncodedText {
+            embeds: Tensor::cat(&[&uncond.embeds, &cond.embeds], 0)?,
+            states: Tensor::cat(&[&uncond.states, &cond.states], 0)?,
+            mask: Tensor::cat(&[&uncond.mask, &cond.mask], 0)?,
+        })
+    }
+
+    fn timestep(&self, t: i64, batch: usize) -> Result<Tensor> {
+        Ok(Tensor::full(t as f32, batch, &self.device)?)
+    }
+
+    /// Text-to-image: (N·n, H, W, 3) images in [0, 1].
+    pub fn generate<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        opts: &GenerateOptions,
+        noise: &mut NoiseSource,
+        progress: &mut Progress,
+    ) -> Result<Tensor> {
+        opts.validate()?;
+        if prompts.is_empty() {
+            return Err(Error::InvalidInput("no prompt given".into()));
+        }
+        let prior = self.prior.as_ref().ok_or_else(|| Error::Checkpoint {
+            path: PathBuf::from("pipeline"),
+            message: "the pipeline has no `prior/` component; text-to-image needs one (this looks like a variations pipeline: use vary)".into(),
+        })?;
+        let guided = opts.prior_guidance > 1.0 || opts.decoder_guidance > 1.0;
+        let n = opts.images_per_prompt;
+        let cond = self.encode_text(prompts, n)?;
+        let batch = cond.embeds.dim(0)?;
+        let text = if guided {
+            self.with_unconditional(cond)?
+        } else {
+            cond
+        };
+
+        // Prior: text → image embedding.
+        let k = opts.prior_candidates;
+        let prior_text = if k > 1 {
+            repeat_candidates(&text, k, guided)?
+        } else {
+            clone_text(&text)
+        };
+        let scheduler = Scheduler::new(&self.prior_scheduler, opts.sampler, opts.prior_steps)?;
+        let dim = prior.config().embedding_dim;
+        let latents = noise.draw(&[batch * k, dim], &self.device)?;
+        let latents = sample_loop(
+            &scheduler,
+            latents,
+            noise,
+            Stage::Prior,
+            progress,
+            |_, x, t| {
+                let input = if guided {
+                    Tensor::cat(&[x, x], 0)?
+                } else {
+                    x.clone()
+                };
+                let out = prior.forward(
+                    &input,
+                    &self.timestep(t, input.dim(0)?)?,
+                    &prior_text.embeds,
+                    &prior_text.states,
+                    Some(&prior_text.mask),
+                )?;
+                Ok(if guided {
+                    classifier_free_guidance(&out, opts.prior_guidance, None)?
+                } else {
+                    out
+                })
+            },
+        )?;
+        let mut image_embeddings = prior.post_process_latents(&latents)?;
+        if k > 1 {
+            let cond_embeds = if guided {
+                text.embeds.narrow(0, batch, batch)?
+            } else {
+                text.embeds.clone()
+            };
+            image_embeddings = best_candidates(&image_embeddings, &cond_embeds, k)?;
+        }
+        self.decode(&image_embeddings, &text, guided, opts, noise, progress)
+    }
+
+    /// Image variations: embed each image with CLIP and decode again.
+    pub fn vary(
+        &self,
+        images: &[impl AsRef<Path>],
+        opts: &GenerateOptions,
+        noise: &mut NoiseSource,
+        progress: &mut Progress,
+    ) -> Result<Tensor> {
+        opts.validate()?;
+        let embeds = self.image_embeddings(images)?;
+        self.vary_embeddings(&embeds, opts, noise, progress)
+    }
+
+    /// CLIP image embeddings (B, D) of image files, unnormalised as the decoder was trained on.
+    pub fn image_embeddings(&self, images: &[impl AsRef<Path>]) -> Result<Tensor> {
+        let (encoder, processor) = match (&self.image_encoder, &self.feature_extractor) {
+            (Some(e), Some(p)) => (e, p),
+            _ => {
+                return Err(Error::Checkpoint {
+                    path: PathBuf::from("pipeline"),
+                    message: "the pipeline has no `image_encoder/` component; variations need one"
+                        .into(),
+                })
+            }
+        };
+        if images.is_empty() {
+            return Err(Error::InvalidInput("no image given".into()));
+        }
+        let pixels = processor.preprocess_files(images, &self.device)?;
+        encoder.image_features(&pixels)
+    }
+
+    /// Decodes given image embeddings (one per row) `images_per_prompt` times each.
+    pub fn vary_embeddings(
+        &self,
+        embeds: &Tensor,
+        opts: &GenerateOptions,
+        noise: &mut NoiseSource,
+        progress: &mut Progress,
+    ) -> Result<Tensor> {
+        let n = opts.images_per_prompt;
+        let rows: Vec<u32> = (0..embeds.dim(0)? as u32)
+            .flat_map(|i| std::iter::repeat_n(i, n))
+            .collect();
+        let embeds = embeds.index_select(&Tensor::new(rows.as_slice(), &self.device)?, 0)?;
+        let guided = opts.decoder_guidance > 1.0;
+        let cond = self.encode_text(&vec![""; embeds.dim(0)?], 1)?;
+        let text = if guided {
+            self.with_unconditional(cond)?
+        } else {
+            cond
+        };
+        self.decode(&embeds, &text, guided, opts, noise, progress)
+    }
+
+    /// Decoder and upsamplers from image embeddings (B, D).
+    fn decode(
+        &self,
+        image_embeddings: &Tensor,
+        text: &EncodedText,
+        guided: bool,
+        opts: &GenerateOptions,
+        noise: &mut NoiseSource,
+        progress: &mut Progress,
+    ) -> Result<Tensor> {
+        let batch = image_embeddings.dim(0)?;
+        let image_embeddings = if guided {
+            Tensor::cat(
+                &[
+                    &self.text_proj.null_image_embeddings(batch)?,
+                    image_embeddings,
+                ],
+                0,
+            )?
+        } else {
+            image_embeddings.clone()
+        };
+        let context = self
+            .text_proj
+            .forward(&image_embeddings, &text.embeds, &text.states)?;
+        // The 4 image tokens are always attended to: the text mask gets 4 ones on the left.
+        let extra = self.text_proj.config().clip_extra_context_tokens;
+        let ones = Tensor::ones((text.mask.dim(0)?, extra), DType::U32, &self.device)?;
+        let decoder_mask = Tensor::cat(&[&ones, &text.mask], 1)?;
+
+        let cfg = self.decoder.config();
+        let (h, w) = side(&cfg.sample_size, "decoder.sample_size")?;
+        let channels = cfg.in_channels;
+        let scheduler = Scheduler::new(&self.decoder_scheduler, opts.sampler, opts.decoder_steps)?;
+        let latents = noise.draw(&[batch, channels, h, w], &self.device)?;
+        let small = sample_loop(
+            &scheduler,
+            latents,
+            noise,
+            Stage::Decoder,
+            progress,
+            |_, x, t| {
+                let input = if guided {
+                    Tensor::cat(&[x, x], 0)?
+                } else {
+                    x.clone()
+                };
+                let out = self.decoder.forward(
+                    &input,
+                    &self.timestep(t, input.dim(0)?)?,
+                    &context.encoder_hidden_states,
+                    Some(&context.additive_time_embedding),
+                    Some(&decoder_mask),
+                )?;
+                Ok(if guided {
+                    classifier_free_guidance(&out, opts.decoder_guidance, Some(channels))?
+                } else {
+                    out
+                })
+            },
+        )?;
+        let small = small.clamp(-1.0, 1.0)?;
+
+        let image = match &self.super_res_first {
+            None => small,
+            Some(first) => {
+                let (sh, sw) = self.output_size()?;
+                let scheduler = Scheduler::new(
+                    &self.super_res_scheduler,
+                    opts.sampler,
+                    opts.super_res_steps,
+                )?;
+                let latents = noise.draw(&[batch, channels, sh, sw], &self.device)?;
+                let upscaled = resize_bicubic_antialias(&small, sh, sw)?;
+                let last_step = scheduler.len() - 1;
+                sample_loop(
+                    &scheduler,
+                    latents,
+                    noise,
+                    Stage::SuperRes,
+                    progress,
+                    |i, x, t| {
+                        let unet = match (&self.super_res_last, i == last_step) {
+                            (Some(last), true) => last,
+                            _ => first,
+                        };
+                        let input = Tensor::cat(&[x, &upscaled], 1)?;
+                        Ok(unet.forward(&input, &self.timestep(t, batch)?, None)?)
+                    },
+                )?
+            }
+        };
+        let image = ((image * 0.5)? + 0.5)?.clamp(0.0, 1.0)?;
+        Ok(image.permute((0, 2, 3, 1))?.contiguous()?)
+    }
+}
+
+fn clone_text(t: &EncodedText) -> EncodedText {
+    EncodedText {
+        embeds: t.embeds.clone(),
+        states: t.states.clone(),
+        mask: t.mask.clone(),
+    }
+}
+
+/// Repeats each row k times within each (uncond / cond) half, for drawing k prior candidates.
+fn repeat_candidates(t: &EncodedText, k: usize, guided: bool) -> Result<EncodedText> {
+    let rows = t.embeds.dim(0)?;
+    let idx: Vec<u32> = (0..rows as u32)
+        .flat_map(|i| std::iter::repeat_n(i, k))
+        .collect();
+    let _ = guided;
+    let idx = Tensor::new(idx.as_slice(), t.embeds.device())?;
+    Ok(EncodedText {
+        embeds: t.embeds.index_select(&idx, 0)?,
+        states: t.states.index_select(&idx, 0)?,
+        mask: t.mask.index_select(&idx, 0)?,
+    })
+}
+
+/// Keeps, per group of k candidates, the one with the largest dot product with its text
+/// embedding (unCLIP §2.2).
+fn best_candidates(candidates: &Tensor, text_embeds: &Tensor, k: usize) -> Result<Tensor> {
+    let (rows, dim) = candidates.dims2()?;
+    let groups = rows / k;
+    let c = candidates.reshape((groups, k, dim))?;
+    let scores = c
+        .broadcast_mul(&text_embeds.unsqueeze(1)?)?
+        .sum(D::Minus1)?; // (groups, k)
+    let best = scores.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let picks: Vec<u32> = best
+        .iter()
+        .enumerate()
+        .map(|(g, &b)| (g * k) as u32 + b)
+        .collect();
+    Ok(candidates.index_select(&Tensor::new(picks.as_slice(), candidates.device())?, 0)?)
+}
