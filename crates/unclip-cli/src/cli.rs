@@ -16,6 +16,10 @@ pub struct Cli {
 
 #[derive(Subcommand)]
 pub enum Command {
+    /// Text to image with an unCLIP pipeline (prior, decoder, upsamplers).
+    Generate(crate::generate::GenerateArgs),
+    /// Variations of images (CLIP image embedding, decoded again).
+    Vary(crate::generate::VaryArgs),
     /// Embed texts and/or images with a CLIP model (transformers layout).
     Embed(EmbedArgs),
     /// Zero-shot classify an image against text labels.

@@ -14,6 +14,8 @@ use unclip::train::{train_clip, ClipRecipe, ClipTrainOptions};
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Generate(args) => crate::generate::generate(args),
+        Command::Vary(args) => crate::generate::vary(args),
         Command::Embed(args) => embed(args),
         Command::Classify(args) => classify(args),
         Command::Train(TrainCommand::Clip(args)) => train_clip_command(args),

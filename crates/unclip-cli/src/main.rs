@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod commands;
 mod data_cmd;
+mod generate;
 mod progress;
 
 use clap::Parser;

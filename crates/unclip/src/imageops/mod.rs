@@ -1,7 +1,9 @@
 //! Image operations the reference implementations perform with PIL or torch, reproduced exactly.
 
 mod bicubic;
+mod output;
 mod resample;
 
 pub use bicubic::resize_bicubic_antialias;
+pub use output::{contact_sheet, save_image_tensor, save_png, to_rgb8};
 pub use resample::{resize_rgb8, Filter};

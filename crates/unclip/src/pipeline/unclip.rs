@@ -97,6 +97,7 @@ pub struct UnclipPipeline {
     pub super_res_scheduler: SchedulerConfig,
     pub image_encoder: Option<ClipModel>,
     pub feature_extractor: Option<ClipImageProcessor>,
+    dir: PathBuf,
     device: Device,
 }
 
@@ -190,6 +191,7 @@ impl UnclipPipeline {
             super_res_scheduler,
             image_encoder,
             feature_extractor,
+            dir: dir.to_path_buf(),
             device: device.clone(),
         };
         pipeline.check_dimensions()?;
@@ -202,7 +204,7 @@ impl UnclipPipeline {
         let clip_dim = self.text_proj.config().clip_embeddings_dim;
         let mismatch = |what: String| {
             Err(Error::Checkpoint {
-                path: PathBuf::from("pipeline"),
+                path: self.dir.clone(),
                 message: what,
             })
         };
@@ -309,7 +311,7 @@ impl UnclipPipeline {
             return Err(Error::InvalidInput("no prompt given".into()));
         }
         let prior = self.prior.as_ref().ok_or_else(|| Error::Checkpoint {
-            path: PathBuf::from("pipeline"),
+            path: self.dir.clone(),
             message: "the pipeline has no `prior/` component; text-to-image needs one (this looks like a variations pipeline: use vary)".into(),
         })?;
         let guided = opts.prior_guidance > 1.0 || opts.decoder_guidance > 1.0;
@@ -389,7 +391,7 @@ impl UnclipPipeline {
             (Some(e), Some(p)) => (e, p),
             _ => {
                 return Err(Error::Checkpoint {
-                    path: PathBuf::from("pipeline"),
+                    path: self.dir.clone(),
                     message: "the pipeline has no `image_encoder/` component; variations need one"
                         .into(),
                 })

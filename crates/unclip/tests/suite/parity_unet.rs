@@ -2,7 +2,7 @@
 //! tools/oracle/make_unclip_fixtures.py, on inputs recorded from a pipeline call (`pipe`) and on
 //! seeded random ones (`rand`), and a save/load round trip through the diffusers layout.
 
-use super::common::{assert_close, load_outputs, oracle_dir, scratch_dir};
+use crate::common::{assert_close, load_outputs, oracle_dir, scratch_dir};
 use candle_core::{Device, Tensor};
 use std::collections::HashMap;
 use unclip::models::unet::{UNet2DConditionModel, UNet2DModel, WEIGHTS_FILE};

@@ -356,3 +356,19 @@ impl UpBlock {
         }
     }
 }
+
+/// Checks a U-Net input (B, C, H, W) against the channels the first conv takes and the
+/// `2^downsamplers` its sides must divide by; returns the batch size.
+pub fn check_sample(sample: &Tensor, in_channels: usize, downsamplers: usize) -> Result<usize> {
+    let (b, c, h, w) = sample.dims4()?;
+    let factor = 1usize << downsamplers;
+    if c != in_channels {
+        candle_core::bail!("sample has {c} channels; this U-Net takes {in_channels}");
+    }
+    if h % factor != 0 || w % factor != 0 {
+        candle_core::bail!(
+            "sample is {h}x{w}; this U-Net needs sides divisible by {factor} (2^downsamplers)"
+        );
+    }
+    Ok(b)
+}

@@ -10,12 +10,13 @@
 
 use super::attention::AttentionSpec;
 use super::blocks::{
-    BlockInputs, BlockSpec, DownBlock, DownBlockKind, MidBlock, MidBlockKind, UpBlock, UpBlockKind,
+    check_sample, BlockInputs, BlockSpec, DownBlock, DownBlockKind, MidBlock, MidBlockKind,
+    UpBlock, UpBlockKind,
 };
 use super::config::{parse_activation, ClassEmbedding, PerBlock, UNet2DConditionConfig};
 use super::folder::{read_folder, save_folder};
 use super::resnet::ResnetSpec;
-use super::time::{batch_timesteps, TimeEmbedding, TimeSpec};
+use super::time::{batch_timesteps, with_class_labels, TimeEmbedding, TimeSpec};
 use crate::error::Result as CrateResult;
 use crate::nn::{Activation, GroupNorm};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -286,12 +287,26 @@ impl UNet2DConditionModel {
         class_labels: Option<&Tensor>,
         attention_mask: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (b, _, h, w) = sample.dims4()?;
-        let factor = 1usize << (self.up_blocks.len().saturating_sub(1));
-        if h % factor != 0 || w % factor != 0 {
-            candle_core::bail!(
-                "sample is {h}x{w}; this U-Net needs sides divisible by {factor} (2^number of upsamplers)"
-            );
+        let downsamplers = self.down_blocks.len().saturating_sub(1);
+        let b = check_sample(sample, self.config.in_channels, downsamplers)?;
+        let (eb, tokens, width) = encoder_hidden_states.dims3()?;
+        if eb != b {
+            candle_core::bail!("encoder_hidden_states have batch {eb}; the sample has {b}");
+        }
+        if let PerBlock::All(dim) = self.config.cross_attention_dim {
+            if width != dim {
+                candle_core::bail!(
+                    "encoder_hidden_states are {width} wide; cross_attention_dim is {dim}"
+                );
+            }
+        }
+        if let Some(m) = attention_mask {
+            if m.dims() != [b, tokens] {
+                candle_core::bail!(
+                    "attention_mask has shape {:?}; expected [{b}, {tokens}] (one per encoder token)",
+                    m.dims()
+                );
+            }
         }
         // 1. Mask: (B, S) keep-mask → additive bias over the text keys.
         let mask = attention_mask
@@ -306,19 +321,12 @@ impl UNet2DConditionModel {
         // 2. Time (+ image) embedding.
         let t = batch_timesteps(timestep, b)?;
         let emb = self.time_embedding.forward(&t)?;
-        let emb = match (self.class_embedding, class_labels) {
-            (ClassEmbedding::Identity, Some(labels)) if self.config.class_embeddings_concat => {
-                Tensor::cat(&[&emb, labels], 1)?
-            }
-            (ClassEmbedding::Identity, Some(labels)) => (emb + labels)?,
-            (ClassEmbedding::Identity, None) => candle_core::bail!(
-                "class_labels are required: this U-Net adds them to the time embedding (class_embed_type identity)"
-            ),
-            (ClassEmbedding::None, Some(_)) => {
-                candle_core::bail!("class_labels given, but this U-Net has no class_embed_type")
-            }
-            (ClassEmbedding::None, None) => emb,
-        };
+        let emb = with_class_labels(
+            emb,
+            self.class_embedding,
+            class_labels,
+            self.config.class_embeddings_concat,
+        )?;
         let emb = match self.time_embed_act {
             Some(act) => act.forward(&emb)?,
             None => emb,
@@ -353,5 +361,45 @@ impl UNet2DConditionModel {
         // 6. Out.
         let xs = self.conv_act.forward(&self.conv_norm_out.forward(&xs)?)?;
         self.conv_out.forward(&xs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_inputs_are_errors_that_name_them() {
+        let cfg: UNet2DConditionConfig = serde_json::from_value(serde_json::json!({
+            "attention_head_dim": 8, "block_out_channels": [8, 16], "class_embed_type": "identity",
+            "cross_attention_dim": 4, "layers_per_block": 1, "norm_num_groups": 4,
+            "down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+            "mid_block_type": "UNetMidBlock2DSimpleCrossAttn", "in_channels": 3, "out_channels": 6,
+            "up_block_types": ["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+            "resnet_time_scale_shift": "scale_shift"
+        }))
+        .unwrap();
+        let dev = Device::Cpu;
+        let vb = VarBuilder::zeros(DType::F32, &dev);
+        let model = UNet2DConditionModel::new(&cfg, vb).unwrap();
+        let zeros = |shape: &[usize]| Tensor::zeros(shape, DType::F32, &dev).unwrap();
+        let (x, t) = (zeros(&[2, 3, 8, 8]), Tensor::new(&[5f32], &dev).unwrap());
+        let (ctx, labels, mask) = (zeros(&[2, 5, 4]), zeros(&[2, 32]), zeros(&[2, 5]));
+        let out = model
+            .forward(&x, &t, &ctx, Some(&labels), Some(&mask))
+            .unwrap();
+        assert_eq!(out.dims(), [2, 6, 8, 8]);
+        let err = |r: Result<Tensor>| r.unwrap_err().to_string();
+        let odd = zeros(&[2, 3, 7, 8]);
+        let e = err(model.forward(&odd, &t, &ctx, Some(&labels), None));
+        assert!(e.contains("7x8"), "{e}");
+        let e = err(model.forward(&x, &t, &ctx, Some(&labels), Some(&zeros(&[2, 4]))));
+        assert!(e.contains("attention_mask"), "{e}");
+        let e = err(model.forward(&x, &t, &ctx, None, None));
+        assert!(e.contains("class_labels"), "{e}");
+        let e = err(model.forward(&x, &t, &zeros(&[2, 5, 6]), Some(&labels), None));
+        assert!(e.contains("cross_attention_dim"), "{e}");
+        let e = err(model.forward(&x, &zeros(&[3]), &ctx, Some(&labels), None));
+        assert!(e.contains("timestep"), "{e}");
     }
 }

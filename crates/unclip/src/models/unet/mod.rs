@@ -19,5 +19,3 @@ pub use condition::{UNet2DConditionModel, MASK_BIAS};
 pub use config::{ClassEmbedding, PerBlock, SampleSize, UNet2DConditionConfig, UNet2DConfig};
 pub use folder::{CONFIG_FILE, WEIGHTS_FILE};
 pub use plain::UNet2DModel;
-#[cfg(test)]
-mod scratch_tests;

@@ -7,11 +7,11 @@
 //! blocks (`ResnetDownsampleBlock2D`, `DownBlock2D` and their mirrors) and the plain mid block.
 
 use super::attention::AttentionSpec;
-use super::blocks::{BlockInputs, BlockSpec, DownBlock, MidBlock, UpBlock};
+use super::blocks::{check_sample, BlockInputs, BlockSpec, DownBlock, MidBlock, UpBlock};
 use super::config::{ClassEmbedding, UNet2DConfig};
 use super::folder::{read_folder, save_folder};
 use super::resnet::{ResnetSpec, TimeScaleShift};
-use super::time::{batch_timesteps, TimeEmbedding, TimeSpec};
+use super::time::{batch_timesteps, with_class_labels, TimeEmbedding, TimeSpec};
 use crate::error::Result as CrateResult;
 use crate::nn::{Activation, GroupNorm};
 use candle_core::{DType, Device, Module, Result, Tensor};
@@ -190,13 +190,8 @@ impl UNet2DModel {
         timestep: &Tensor,
         class_labels: Option<&Tensor>,
     ) -> Result<Tensor> {
-        let (b, _, h, w) = sample.dims4()?;
-        let factor = 1usize << (self.up_blocks.len().saturating_sub(1));
-        if h % factor != 0 || w % factor != 0 {
-            candle_core::bail!(
-                "sample is {h}x{w}; this U-Net needs sides divisible by {factor} (2^number of upsamplers)"
-            );
-        }
+        let downsamplers = self.down_blocks.len().saturating_sub(1);
+        let b = check_sample(sample, self.config.in_channels, downsamplers)?;
         let sample = if self.config.center_input_sample {
             sample.affine(2.0, -1.0)?
         } else {
@@ -204,16 +199,7 @@ impl UNet2DModel {
         };
         let t = batch_timesteps(timestep, b)?;
         let emb = self.time_embedding.forward(&t)?;
-        let emb = match (self.class_embedding, class_labels) {
-            (ClassEmbedding::Identity, Some(labels)) => (emb + labels)?,
-            (ClassEmbedding::Identity, None) => candle_core::bail!(
-                "class_labels are required: this U-Net adds them to the time embedding (class_embed_type identity)"
-            ),
-            (ClassEmbedding::None, Some(_)) => {
-                candle_core::bail!("class_labels given, but this U-Net has no class_embed_type")
-            }
-            (ClassEmbedding::None, None) => emb,
-        };
+        let emb = with_class_labels(emb, self.class_embedding, class_labels, false)?;
         let inputs = BlockInputs {
             temb: &emb,
             encoder: None,

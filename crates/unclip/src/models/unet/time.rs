@@ -2,6 +2,7 @@
 //! shared MLP (`TimestepEmbedding`, keys `linear_1`, `linear_2`), then the optional
 //! `timestep_post_act`. Reference: diffusers `models/embeddings.py`.
 
+use super::config::ClassEmbedding;
 use crate::models::time_embedding::TimestepEmbedding;
 use crate::nn::{timestep_embedding, Activation};
 use candle_core::{Result, Tensor};
@@ -57,5 +58,38 @@ pub fn batch_timesteps(timestep: &Tensor, batch: usize) -> Result<Tensor> {
         dims => candle_core::bail!(
             "timestep has shape {dims:?}; expected a scalar, (1,) or (batch = {batch},)"
         ),
+    }
+}
+
+/// Adds (or, with `concat`, appends) the class labels (B, time_embed_dim) to the time embedding
+/// (B, time_embed_dim), as `class_embed_type` asks.
+pub fn with_class_labels(
+    emb: Tensor,
+    kind: ClassEmbedding,
+    labels: Option<&Tensor>,
+    concat: bool,
+) -> Result<Tensor> {
+    match (kind, labels) {
+        (ClassEmbedding::Identity, Some(labels)) => {
+            if labels.dims() != emb.dims() {
+                candle_core::bail!(
+                    "class_labels have shape {:?}; expected {:?} (batch, time embedding width)",
+                    labels.dims(),
+                    emb.dims()
+                );
+            }
+            if concat {
+                Tensor::cat(&[&emb, labels], 1)
+            } else {
+                emb + labels
+            }
+        }
+        (ClassEmbedding::Identity, None) => candle_core::bail!(
+            "class_labels are required: this U-Net adds them to the time embedding (class_embed_type identity)"
+        ),
+        (ClassEmbedding::None, Some(_)) => {
+            candle_core::bail!("class_labels given, but this U-Net has no class_embed_type")
+        }
+        (ClassEmbedding::None, None) => Ok(emb),
     }
 }

@@ -1,0 +1,188 @@
+//! `unclip generate` and `unclip vary`: parse, run the pipeline, write PNGs.
+
+use crate::progress;
+use anyhow::{bail, Result};
+use candle_core::Device;
+use clap::Args;
+use indicatif::ProgressBar;
+use std::path::{Path, PathBuf};
+use unclip::diffusion::{NoiseSource, Sampler};
+use unclip::imageops::{contact_sheet, save_image_tensor, save_png, to_rgb8};
+use unclip::pipeline::{GenerateOptions, Stage, UnclipPipeline};
+
+#[derive(Args)]
+pub struct SamplingArgs {
+    /// Images per prompt (or per input image).
+    #[arg(long, default_value_t = 1)]
+    pub n: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 25)]
+    pub decoder_steps: usize,
+    #[arg(long, default_value_t = 7)]
+    pub super_res_steps: usize,
+    #[arg(long, default_value_t = 8.0)]
+    pub decoder_guidance: f64,
+    /// ddpm (the reference's ancestral sampler), ddim or dpm++.
+    #[arg(long, default_value = "ddpm", value_parser = ["ddpm", "ddim", "dpm++"])]
+    pub sampler: String,
+    /// DDIM's eta (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    /// Replay recorded draws (safetensors with noise.000, noise.001, ...) instead of --seed.
+    #[arg(long)]
+    pub noise_tape: Option<PathBuf>,
+    /// Also write the float images (tensor `image`, [N, H, W, 3] in [0, 1]) to this file.
+    #[arg(long)]
+    pub save_tensor: Option<PathBuf>,
+    /// Write one contact sheet instead of numbered files when n > 1.
+    #[arg(long)]
+    pub grid: bool,
+    /// Output PNG; with several images, NAME-0.png, NAME-1.png, ...
+    #[arg(long, default_value = "out.png")]
+    pub output: PathBuf,
+}
+
+#[derive(Args)]
+pub struct GenerateArgs {
+    /// A diffusers unCLIP pipeline folder (Karlo's layout).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The prompt (repeat for a batch of prompts).
+    #[arg(long = "prompt", required = true)]
+    pub prompts: Vec<String>,
+    #[arg(long, default_value_t = 25)]
+    pub prior_steps: usize,
+    #[arg(long, default_value_t = 4.0)]
+    pub prior_guidance: f64,
+    /// Draw this many prior samples and keep the one closest to the text (the paper uses 2).
+    #[arg(long, default_value_t = 1)]
+    pub prior_candidates: usize,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+#[derive(Args)]
+pub struct VaryArgs {
+    /// A diffusers unCLIP variations folder (with image_encoder/).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Input image (repeat for several).
+    #[arg(long = "image", required = true)]
+    pub images: Vec<PathBuf>,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+fn options(s: &SamplingArgs) -> Result<GenerateOptions> {
+    Ok(GenerateOptions {
+        images_per_prompt: s.n,
+        decoder_steps: s.decoder_steps,
+        super_res_steps: s.super_res_steps,
+        decoder_guidance: s.decoder_guidance,
+        sampler: Sampler::parse(&s.sampler, s.eta)?,
+        ..GenerateOptions::default()
+    })
+}
+
+fn noise(s: &SamplingArgs) -> Result<NoiseSource> {
+    Ok(match &s.noise_tape {
+        Some(path) => NoiseSource::tape(path)?,
+        None => NoiseSource::seeded(s.seed),
+    })
+}
+
+/// A progress bar per stage, replaced when the next stage starts.
+fn stage_bars() -> impl FnMut(Stage, usize, usize) {
+    let mut current: Option<(Stage, ProgressBar)> = None;
+    move |stage, done, total| {
+        if current.as_ref().map(|(s, _)| *s) != Some(stage) {
+            if let Some((_, bar)) = current.take() {
+                bar.finish();
+            }
+            current = Some((
+                stage,
+                progress::bar(total as u64, &format!("{:<9}", stage.name())),
+            ));
+        }
+        if let Some((_, bar)) = &current {
+            bar.set_position(done as u64);
+            if done == total {
+                bar.finish();
+            }
+        }
+    }
+}
+
+fn numbered(path: &Path, i: usize) -> PathBuf {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    let ext = path
+        .extension()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "png".into());
+    path.with_file_name(format!("{stem}-{i}.{ext}"))
+}
+
+fn write_outputs(images: &candle_core::Tensor, s: &SamplingArgs) -> Result<()> {
+    if let Some(path) = &s.save_tensor {
+        save_image_tensor(images, path)?;
+    }
+    let rgb = to_rgb8(images)?;
+    let written: Vec<PathBuf> = if rgb.len() == 1 {
+        save_png(&rgb[0], &s.output)?;
+        vec![s.output.clone()]
+    } else if s.grid {
+        let columns = (rgb.len() as f64).sqrt().ceil() as usize;
+        let Some(sheet) = contact_sheet(&rgb, columns, 2) else {
+            bail!("no images were produced")
+        };
+        save_png(&sheet, &s.output)?;
+        vec![s.output.clone()]
+    } else {
+        let mut paths = Vec::new();
+        for (i, img) in rgb.iter().enumerate() {
+            let path = numbered(&s.output, i);
+            save_png(img, &path)?;
+            paths.push(path);
+        }
+        paths
+    };
+    let names: Vec<String> = written.iter().map(|p| p.display().to_string()).collect();
+    eprintln!("wrote {}", names.join(", "));
+    Ok(())
+}
+
+pub fn generate(args: GenerateArgs) -> Result<()> {
+    let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
+    let opts = GenerateOptions {
+        prior_steps: args.prior_steps,
+        prior_guidance: args.prior_guidance,
+        prior_candidates: args.prior_candidates,
+        ..options(&args.sampling)?
+    };
+    let mut noise = noise(&args.sampling)?;
+    let images = pipeline.generate(&args.prompts, &opts, &mut noise, &mut stage_bars())?;
+    warn_unused_tape(&noise);
+    write_outputs(&images, &args.sampling)
+}
+
+pub fn vary(args: VaryArgs) -> Result<()> {
+    let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
+    let opts = options(&args.sampling)?;
+    let mut noise = noise(&args.sampling)?;
+    let images = pipeline.vary(&args.images, &opts, &mut noise, &mut stage_bars())?;
+    warn_unused_tape(&noise);
+    write_outputs(&images, &args.sampling)
+}
+
+fn warn_unused_tape(noise: &NoiseSource) {
+    if noise.remaining() > 0 {
+        eprintln!(
+            "warning: {} recorded draws were not used; the settings differ from the recording",
+            noise.remaining()
+        );
+    }
+}
