@@ -299,3 +299,205 @@ fn converted_layouts_reload_and_embed() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no vision tower"), "{}", stderr(&out));
 }
+
+fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for entry in std::fs::read_dir(src).unwrap() {
+        let path = entry.unwrap().path();
+        let target = dst.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_dir(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn generate_replays_a_reference_noise_tape_and_writes_pngs() {
+    let dir = scratch("generate");
+    let model = fixtures().join("unclip_tiny");
+    let tape = fixtures().join("unclip_case_a.safetensors");
+    let png = dir.join("a.png");
+    let tensor = dir.join("a.safetensors");
+    let out = unclip(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "a red circle",
+        "--prior-steps",
+        "4",
+        "--decoder-steps",
+        "4",
+        "--super-res-steps",
+        "3",
+        "--noise-tape",
+        s(&tape),
+        "--save-tensor",
+        s(&tensor),
+        "--output",
+        s(&png),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let img = image::open(&png).unwrap().to_rgb8();
+    assert_eq!(img.dimensions(), (32, 32));
+    let got = candle_core::safetensors::load(&tensor, &Device::Cpu).unwrap();
+    let want = candle_core::safetensors::load(&tape, &Device::Cpu).unwrap();
+    let diff = (&got["image"] - &want["images"])
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap();
+    assert!(diff.to_scalar::<f32>().unwrap() < 2e-3);
+
+    // Several images: numbered files, or one grid.
+    let out = unclip(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "a cat",
+        "--n",
+        "2",
+        "--prior-steps",
+        "2",
+        "--decoder-steps",
+        "2",
+        "--super-res-steps",
+        "2",
+        "--output",
+        s(&dir.join("b.png")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("b-0.png").is_file() && dir.join("b-1.png").is_file());
+    let out = unclip(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "a cat",
+        "--n",
+        "2",
+        "--grid",
+        "--prior-steps",
+        "2",
+        "--decoder-steps",
+        "2",
+        "--super-res-steps",
+        "2",
+        "--sampler",
+        "dpm++",
+        "--output",
+        s(&dir.join("grid.png")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        image::open(dir.join("grid.png")).unwrap().width(),
+        2 * 32 + 3 * 2
+    );
+}
+
+#[test]
+fn vary_writes_variations_of_an_image() {
+    let dir = scratch("vary");
+    let model = fixtures().join("unclip_tiny_variation");
+    let image = fixtures().join("images/image_0.png");
+    let out = unclip(&[
+        "vary",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--n",
+        "2",
+        "--decoder-steps",
+        "3",
+        "--super-res-steps",
+        "2",
+        "--sampler",
+        "ddim",
+        "--output",
+        s(&dir.join("v.png")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("v-0.png").is_file() && dir.join("v-1.png").is_file());
+}
+
+#[test]
+fn pipeline_bad_inputs_are_named() {
+    let model = fixtures().join("unclip_tiny");
+    // One sampling step divides by zero in the reference: refused.
+    let out = unclip(&[
+        "generate",
+        "--model",
+        s(&model),
+        "--prompt",
+        "x",
+        "--decoder-steps",
+        "1",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("allowed: 2..=1000"),
+        "{}",
+        stderr(&out)
+    );
+    // Variations need an image encoder.
+    let out = unclip(&[
+        "vary",
+        "--model",
+        s(&model),
+        "--image",
+        s(&fixtures().join("images/image_0.png")),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("image_encoder"), "{}", stderr(&out));
+    // A missing component is named.
+    let dir = scratch("no-prior-proj");
+    copy_dir(&model, &dir);
+    std::fs::remove_dir_all(dir.join("text_proj")).unwrap();
+    let out = unclip(&["generate", "--model", s(&dir), "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("text_proj"), "{}", stderr(&out));
+    // Components whose sizes disagree are named before any sampling.
+    let dir = scratch("mismatch");
+    copy_dir(&model, &dir);
+    let cfg_path = dir.join("text_proj/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["cross_attention_dim"] = serde_json::json!(40);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    // A text_proj that is consistent in itself (cross-attention width 40 instead of 48).
+    let weights = dir.join("text_proj/diffusion_pytorch_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&weights, &Device::Cpu).unwrap();
+    for t in tensors.values_mut() {
+        let rows = t.dim(0).unwrap();
+        if rows == 48 || rows == 4 * 48 {
+            *t = t.narrow(0, 0, rows / 48 * 40).unwrap();
+        }
+    }
+    candle_core::safetensors::save(&tensors, &weights).unwrap();
+    let out = unclip(&["generate", "--model", s(&dir), "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cross_attention_dim"),
+        "{}",
+        stderr(&out)
+    );
+    // An unreadable input image.
+    let text = scratch("vary-bad").join("x.png");
+    std::fs::write(&text, "not a png").unwrap();
+    let out = unclip(&[
+        "vary",
+        "--model",
+        s(&fixtures().join("unclip_tiny_variation")),
+        "--image",
+        s(&text),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("x.png"), "{}", stderr(&out));
+}

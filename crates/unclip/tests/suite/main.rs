@@ -2,10 +2,13 @@
 
 mod common;
 mod gradients;
+mod gradients_prior;
+mod gradients_unet;
 mod parity_clip;
 mod parity_pipeline;
 mod parity_prior;
 mod parity_schedulers;
 mod parity_tokenizer;
+mod parity_unet;
 mod shapes;
 mod train_clip;
