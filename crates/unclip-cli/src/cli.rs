@@ -29,6 +29,8 @@ pub enum Command {
     Train(TrainCommand),
     /// Train a CLIP BPE tokenizer on captions.
     Tokenizer(TokenizerArgs),
+    /// Put trained parts together into one pipeline folder that generate and vary load.
+    Assemble(crate::train_cmd::AssembleArgs),
     /// Re-save a CLIP folder in another transformers layout.
     Convert(ConvertArgs),
     /// Measure throughput (compare with tools/bench/*.py).
@@ -72,6 +74,12 @@ pub struct ClassifyArgs {
 pub enum TrainCommand {
     /// Contrastive CLIP training on an image folder with same-named .txt captions.
     Clip(TrainClipArgs),
+    /// The diffusion prior: caption -> CLIP image embedding.
+    Prior(crate::train_cmd::StageArgs),
+    /// The decoder (and text projection): CLIP image embedding + caption -> image.
+    Decoder(crate::train_cmd::StageArgs),
+    /// A diffusion upsampler: low-resolution image -> high-resolution image.
+    Upsampler(crate::train_cmd::StageArgs),
 }
 
 #[derive(Args)]

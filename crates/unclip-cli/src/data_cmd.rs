@@ -1,9 +1,12 @@
 //! `unclip data ...`: dataset builders.
 
 use anyhow::Result;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Instant;
+use unclip::data::emoji::{
+    build_emoji_dataset, train_pattern, EmojiOptions, EmojiStyle, EmojiSummary,
+};
 use unclip::data::shapes::{
     read_prompt_file, write_prompt_renders, write_shapes_dataset, Form, ShapesSummary,
 };
@@ -12,6 +15,45 @@ use unclip::data::shapes::{
 pub enum DataCommand {
     /// Render a shapes-world dataset (PNG + caption .txt + scene-graph .json per image).
     Shapes(ShapesArgs),
+    /// Build captioned emoji WebDataset shards (train + held-out val) from the pinned npm
+    /// packages emoji-datasource-twitter/-google@16.0.0 and emojibase-data@17.0.0 (needs npm).
+    Emoji(EmojiArgs),
+}
+
+#[derive(Args)]
+pub struct EmojiArgs {
+    /// Output folder for train-NNNNNN.tar, val-NNNNNN.tar, ATTRIBUTION and README.md.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Share of emoji held out for validation (chosen by a hash of the emoji, so an emoji's
+    /// skin tones and art styles share a split).
+    #[arg(long, default_value_t = 0.05)]
+    pub val_fraction: f64,
+    /// Art styles to include.
+    #[arg(long, value_enum, default_value_t = StyleArg::Both)]
+    pub style: StyleArg,
+    /// Records per shard.
+    #[arg(long, default_value_t = 1000)]
+    pub shard_size: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum StyleArg {
+    /// Twemoji (CC-BY 4.0).
+    Twitter,
+    /// Noto Emoji (Apache-2.0).
+    Google,
+    Both,
+}
+
+impl StyleArg {
+    fn styles(self) -> Vec<EmojiStyle> {
+        match self {
+            Self::Twitter => vec![EmojiStyle::Twitter],
+            Self::Google => vec![EmojiStyle::Google],
+            Self::Both => vec![EmojiStyle::Twitter, EmojiStyle::Google],
+        }
+    }
 }
 
 #[derive(Args)]
@@ -41,7 +83,51 @@ pub struct ShapesArgs {
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Shapes(args) => shapes(args),
+        DataCommand::Emoji(args) => emoji(args),
     }
+}
+
+fn emoji(args: EmojiArgs) -> Result<()> {
+    let start = Instant::now();
+    let mut opts = EmojiOptions::new(&args.out);
+    opts.val_fraction = args.val_fraction;
+    opts.styles = args.style.styles();
+    opts.shard_size = args.shard_size;
+    let summary = build_emoji_dataset(&opts)?;
+    println!(
+        "{}",
+        describe_emoji(&summary, start.elapsed().as_secs_f64())
+    );
+    Ok(())
+}
+
+fn describe_emoji(s: &EmojiSummary, seconds: f64) -> String {
+    let styles: Vec<String> = s
+        .per_style
+        .iter()
+        .map(|(style, n)| format!("{} {n}", style.name()))
+        .collect();
+    let mut line = format!(
+        "wrote {} train + {} val emoji ({}) to {} in {} + {} shards, {:.1} MB, in {seconds:.1}s",
+        s.train,
+        s.val,
+        styles.join(", "),
+        s.out.display(),
+        s.train_shards.len(),
+        s.val_shards.len(),
+        s.bytes as f64 / 1e6
+    );
+    if s.missing_images > 0 {
+        line.push_str(&format!(
+            "; {} listed emoji had no image and were left out",
+            s.missing_images
+        ));
+    }
+    line.push_str(&format!(
+        "\ntrain with --data '{}' (the folder also holds the val shards)",
+        train_pattern(&s.out, s.train_shards.len())
+    ));
+    line
 }
 
 fn shapes(args: ShapesArgs) -> Result<()> {

@@ -6,6 +6,7 @@ mod commands;
 mod data_cmd;
 mod generate;
 mod progress;
+mod train_cmd;
 
 use clap::Parser;
 use std::process::ExitCode;

@@ -5,6 +5,6 @@ mod atomic;
 mod config_file;
 mod weights;
 
-pub use atomic::{replace_dir, write_atomic};
+pub use atomic::{replace_dir, write_atomic, write_atomic_with};
 pub use config_file::{read_config, write_config};
 pub use weights::{find_weights_file, save_safetensors, Weights};

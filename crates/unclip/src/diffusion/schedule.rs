@@ -68,6 +68,38 @@ impl NoiseSchedule {
     }
 }
 
+impl NoiseSchedule {
+    /// q(x_t | x_0) = √ᾱ_t x_0 + √(1-ᾱ_t) ε with one timestep per sample (DDPM eq. 4).
+    pub fn q_sample(
+        &self,
+        x0: &candle_core::Tensor,
+        noise: &candle_core::Tensor,
+        ts: &[i64],
+    ) -> candle_core::Result<candle_core::Tensor> {
+        let (a, b) = self.per_sample(ts, x0)?;
+        x0.broadcast_mul(&a)? + noise.broadcast_mul(&b)?
+    }
+
+    /// (√ᾱ_t, √(1-ᾱ_t)) per sample, shaped (B, 1, ...) to broadcast against `like`.
+    pub fn per_sample(
+        &self,
+        ts: &[i64],
+        like: &candle_core::Tensor,
+    ) -> candle_core::Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let mut shape = vec![ts.len()];
+        shape.extend(std::iter::repeat_n(1, like.rank() - 1));
+        let a: Vec<f32> = ts.iter().map(|&t| self.alpha_bar(t).sqrt()).collect();
+        let b: Vec<f32> = ts
+            .iter()
+            .map(|&t| (1.0 - self.alpha_bar(t)).sqrt())
+            .collect();
+        Ok((
+            candle_core::Tensor::from_vec(a, shape.as_slice(), like.device())?,
+            candle_core::Tensor::from_vec(b, shape.as_slice(), like.device())?,
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

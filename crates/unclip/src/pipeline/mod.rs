@@ -1,9 +1,11 @@
 //! Pipelines compose models, tokenizers and processors; they hold no tensor math of their own.
 
+mod assemble;
 mod embed;
 mod sampling;
 mod unclip;
 
+pub use assemble::{assemble, PipelineParts};
 pub use embed::{ClipEmbedder, Embeddings};
 pub use sampling::{sample_loop, Progress, Stage};
 pub use unclip::{GenerateOptions, UnclipPipeline};

@@ -198,6 +198,70 @@ impl UnclipPipeline {
         Ok(pipeline)
     }
 
+    /// A pipeline from models already in memory (trainers preview with it); `dir` names it in
+    /// errors.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_models(
+        tokenizer: ClipTokenizer,
+        text_encoder: ClipModel,
+        text_proj: TextProj,
+        decoder: UNet2DConditionModel,
+        decoder_scheduler: SchedulerConfig,
+        super_res: Option<(UNet2DModel, SchedulerConfig)>,
+        dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
+        let (super_res_first, super_res_scheduler) = match super_res {
+            Some((unet, cfg)) => (Some(unet), cfg),
+            None => (None, SchedulerConfig::default()),
+        };
+        let pipeline = Self {
+            tokenizer,
+            text_encoder,
+            prior: None,
+            prior_scheduler: SchedulerConfig::default(),
+            text_proj,
+            decoder,
+            decoder_scheduler,
+            super_res_first,
+            super_res_last: None,
+            super_res_scheduler,
+            image_encoder: None,
+            feature_extractor: None,
+            dir: dir.to_path_buf(),
+            device: device.clone(),
+        };
+        pipeline.check_dimensions()?;
+        Ok(pipeline)
+    }
+
+    /// Decodes image embeddings (B, D), one per caption, with those captions as the text.
+    pub fn decode_embeddings<S: AsRef<str>>(
+        &self,
+        image_embeddings: &Tensor,
+        captions: &[S],
+        opts: &GenerateOptions,
+        noise: &mut NoiseSource,
+        progress: &mut Progress,
+    ) -> Result<Tensor> {
+        opts.validate()?;
+        if captions.len() != image_embeddings.dim(0)? {
+            return Err(Error::InvalidInput(format!(
+                "{} captions for {} image embeddings",
+                captions.len(),
+                image_embeddings.dim(0)?
+            )));
+        }
+        let guided = opts.decoder_guidance > 1.0;
+        let cond = self.encode_text(captions, 1)?;
+        let text = if guided {
+            self.with_unconditional(cond)?
+        } else {
+            cond
+        };
+        self.decode(image_embeddings, &text, guided, opts, noise, progress)
+    }
+
     /// Components whose sizes disagree are named here, not deep inside a matmul.
     fn check_dimensions(&self) -> Result<()> {
         let text = self.text_encoder.text_config()?;
@@ -208,10 +272,11 @@ impl UnclipPipeline {
                 message: what,
             })
         };
-        if text.projection_dim != clip_dim || text.hidden_size != clip_dim {
+        let projection = self.text_encoder.config().projection_dim;
+        if projection != clip_dim || text.hidden_size != clip_dim {
             return mismatch(format!(
-                "text_encoder (hidden {}, projection {}) does not match text_proj.clip_embeddings_dim {clip_dim}",
-                text.hidden_size, text.projection_dim
+                "text_encoder (hidden {}, projection {projection}) does not match text_proj.clip_embeddings_dim {clip_dim}",
+                text.hidden_size
             ));
         }
         if let Some(prior) = &self.prior {
@@ -238,10 +303,10 @@ impl UnclipPipeline {
             ));
         }
         if let Some(encoder) = &self.image_encoder {
-            if encoder.vision_config()?.projection_dim != clip_dim {
+            if encoder.config().projection_dim != clip_dim {
                 return mismatch(format!(
                     "image_encoder.projection_dim {} differs from the CLIP size {clip_dim}",
-                    encoder.vision_config()?.projection_dim
+                    encoder.config().projection_dim
                 ));
             }
         }

@@ -2,7 +2,7 @@
 //! shape of nanoGPT's `train.py`: recipe, data, model, optimizer, the pure `lr(step)`, the loop.
 //! Checkpoints are transformers `CLIPModel` folders with the tokenizer and image processor.
 
-use super::optim::{clip_grad_norm, AdamW, AdamWConfig};
+use super::optim::{clip_grad_norm, gradients, AdamW, AdamWConfig};
 use super::params::ParamStore;
 use super::schedule::LrSchedule;
 use crate::checkpoint::write_atomic;
@@ -251,8 +251,8 @@ pub fn train_clip(
         let image_features = model.image_features(&pixels)?;
         let (logits_per_text, _) = model.logits(&text_features, &image_features)?;
         let loss = contrastive_loss(&logits_per_text)?;
-        let mut grads = loss.backward()?;
-        let grad_norm = clip_grad_norm(&mut grads, &vars, recipe.grad_clip)?;
+        let mut grads = gradients(&loss.backward()?, &vars);
+        let grad_norm = clip_grad_norm(&mut grads, recipe.grad_clip)?;
         let lr = schedule.at(step);
         optimizer.step(&grads, lr)?;
         let clamped = logit_scale_var.as_tensor().clamp(0.0, MAX_LOGIT_SCALE)?;

@@ -1,11 +1,27 @@
 //! Training loops, their optimizer, learning-rate schedule and parameter store.
 
 mod clip;
+mod conditioning;
+mod decoder;
+mod ema;
 mod optim;
 mod params;
+mod plot;
+mod prior;
+mod recipes;
+mod runner;
 mod schedule;
+mod state;
+mod upsampler;
 
 pub use clip::{train_clip, ClipRecipe, ClipTrainOptions, StepReport, TrainSummary};
-pub use optim::{clip_grad_norm, AdamW, AdamWConfig};
+pub use conditioning::FrozenClip;
+pub use decoder::{DecoderRecipe, DecoderStage};
+pub use ema::Ema;
+pub use optim::{accumulate, clip_grad_norm, gradients, AdamW, AdamWConfig};
 pub use params::ParamStore;
+pub use prior::{PriorRecipe, PriorStage};
+pub use recipes::{load_recipe, PRESETS};
+pub use runner::{run_training, Batch, RunOptions, RunSummary, StepLog, TrainSettings, TrainStage};
 pub use schedule::LrSchedule;
+pub use upsampler::{UpsamplerRecipe, UpsamplerStage};

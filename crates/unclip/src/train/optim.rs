@@ -3,9 +3,10 @@
 //! Transformer recipes do), and global gradient-norm clipping. The moments are plain tensors
 //! so that they can be checkpointed and restored.
 
-use crate::error::Result;
+use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdamWConfig {
@@ -68,14 +69,15 @@ impl AdamW {
         self.step
     }
 
-    /// One update with learning rate `lr`. Parameters without a gradient are left unchanged.
-    pub fn step(&mut self, grads: &GradStore, lr: f64) -> Result<()> {
+    /// One update with learning rate `lr`; `grads[i]` belongs to the i-th parameter given to
+    /// `new`. Parameters without a gradient are left unchanged.
+    pub fn step(&mut self, grads: &[Option<Tensor>], lr: f64) -> Result<()> {
         self.step += 1;
         let c = self.config;
         let bias1 = 1.0 - c.beta1.powi(self.step as i32);
         let bias2 = 1.0 - c.beta2.powi(self.step as i32);
-        for slot in &mut self.slots {
-            let Some(g) = grads.get(slot.var.as_tensor()) else {
+        for (slot, g) in self.slots.iter_mut().zip(grads) {
+            let Some(g) = g else {
                 continue;
             };
             slot.m = ((&slot.m * c.beta1)? + (g * (1.0 - c.beta1))?)?;
@@ -90,41 +92,74 @@ impl AdamW {
         Ok(())
     }
 
-    /// Moments and step as named tensors, for a training-state checkpoint.
-    pub fn state(&self) -> Result<Vec<(String, Tensor)>> {
-        let mut out = Vec::with_capacity(self.slots.len() * 2 + 1);
+    /// The moments as named tensors (`m.<param>`, `v.<param>`), for a training-state checkpoint.
+    pub fn moments(&self) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(self.slots.len() * 2);
         for s in &self.slots {
             out.push((format!("m.{}", s.name), s.m.clone()));
             out.push((format!("v.{}", s.name), s.v.clone()));
         }
-        out.push((
-            "step".into(),
-            Tensor::new(&[self.step as f64], &candle_core::Device::Cpu)?,
-        ));
-        Ok(out)
+        out
     }
+
+    /// Restores moments written by `moments` and the number of steps taken.
+    pub fn restore(&mut self, moments: &HashMap<String, Tensor>, steps: usize) -> Result<()> {
+        for s in &mut self.slots {
+            for (prefix, slot) in [("m", &mut s.m), ("v", &mut s.v)] {
+                let key = format!("{prefix}.{}", s.name);
+                let t = moments.get(&key).ok_or_else(|| {
+                    Error::InvalidInput(format!("training state lacks optimizer moment `{key}`"))
+                })?;
+                if t.dims() != slot.dims() {
+                    return Err(Error::InvalidInput(format!(
+                        "optimizer moment `{key}` has shape {:?}, the model needs {:?}",
+                        t.dims(),
+                        slot.dims()
+                    )));
+                }
+                *slot = t.clone();
+            }
+        }
+        self.step = steps;
+        Ok(())
+    }
+}
+
+/// The gradient of each parameter, in parameter order.
+pub fn gradients(store: &GradStore, params: &[(String, Var)]) -> Vec<Option<Tensor>> {
+    params
+        .iter()
+        .map(|(_, v)| store.get(v.as_tensor()).cloned())
+        .collect()
+}
+
+/// Adds `more` into `acc` (gradient accumulation over micro-batches).
+pub fn accumulate(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Result<()> {
+    for (slot, g) in acc.iter_mut().zip(more) {
+        *slot = match (slot.take(), g) {
+            (Some(a), Some(b)) => Some((a + b)?),
+            (a, b) => a.or(b),
+        };
+    }
+    Ok(())
 }
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping (`torch.nn.utils.clip_grad_norm_`).
-pub fn clip_grad_norm(grads: &mut GradStore, vars: &[(String, Var)], max_norm: f64) -> Result<f64> {
+pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
     let mut total = 0f64;
-    for (_, var) in vars {
-        if let Some(g) = grads.get(var.as_tensor()) {
-            total += g
-                .sqr()?
-                .sum_all()?
-                .to_dtype(candle_core::DType::F64)?
-                .to_scalar::<f64>()?;
-        }
+    for g in grads.iter().flatten() {
+        total += g
+            .sqr()?
+            .sum_all()?
+            .to_dtype(candle_core::DType::F64)?
+            .to_scalar::<f64>()?;
     }
     let norm = total.sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);
-        for (_, var) in vars {
-            if let Some(g) = grads.remove(var.as_tensor()) {
-                grads.insert(var.as_tensor(), (g * scale)?);
-            }
+        for g in grads.iter_mut().flatten() {
+            *g = (&*g * scale)?;
         }
     }
     Ok(norm)

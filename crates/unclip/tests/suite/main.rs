@@ -12,3 +12,4 @@ mod parity_tokenizer;
 mod parity_unet;
 mod shapes;
 mod train_clip;
+mod train_stages;

@@ -128,9 +128,9 @@ fn read_tensors(path: &std::path::Path) -> Vec<(String, Tensor)> {
 /// scale factors, `time_embedding_act_fn`, `timestep_post_act`, `class_embeddings_concat`, 5x5 and
 /// 1x1 in/out convs, `freq_shift`, unflipped sinusoids, `center_input_sample`, mid-block
 /// self-attention with and without its group norm, non-square samples). The fixture folder is
-/// made by `make_unet_variants.py` (diffusers 0.42.1) and named by `UNCLIP_UNET_FIXTURE`.
+/// made by `tools/oracle/make_unet_variant_fixtures.py` (diffusers 0.42.1) and named by `UNCLIP_UNET_FIXTURE`.
 #[test]
-#[ignore = "needs UNCLIP_UNET_FIXTURE, a folder written by make_unet_variants.py"]
+#[ignore = "needs UNCLIP_UNET_FIXTURE, a folder written by tools/oracle/make_unet_variant_fixtures.py"]
 fn variant_blocks_match_diffusers() {
     let dir = std::path::PathBuf::from(
         std::env::var_os("UNCLIP_UNET_FIXTURE").expect("UNCLIP_UNET_FIXTURE is not set"),

@@ -1,0 +1,175 @@
+//! `unclip train prior|decoder|upsampler` and `unclip assemble`.
+
+use crate::progress;
+use anyhow::{bail, Result};
+use candle_core::Device;
+use clap::Args;
+use std::path::PathBuf;
+use unclip::pipeline::{assemble, PipelineParts};
+use unclip::train::{
+    load_recipe, run_training, DecoderRecipe, DecoderStage, FrozenClip, PriorRecipe, PriorStage,
+    RunOptions, TrainSettings, TrainStage, UpsamplerRecipe, UpsamplerStage,
+};
+
+#[derive(Args)]
+pub struct StageArgs {
+    /// Training data: an image folder with .txt captions, a WebDataset .tar, a brace pattern
+    /// such as data/train-{000000..000009}.tar, or a folder of .tar shards.
+    #[arg(long)]
+    pub data: String,
+    /// Held-out data for the validation loss and previews (default: a fixed training batch).
+    #[arg(long)]
+    pub val_data: Option<String>,
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The CLIP model whose embeddings condition the prior and the decoder.
+    #[arg(long)]
+    pub clip: Option<PathBuf>,
+    #[arg(long, default_value = "tiny", value_parser = ["tiny", "small", "medium"], conflicts_with = "config")]
+    pub preset: String,
+    /// A recipe JSON instead of a preset (same fields as models/presets/<stage>-*.json).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long, default_value_t = 1000)]
+    pub max_steps: usize,
+    /// Overrides the recipe's batch size.
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Overrides the recipe's learning rate.
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Overrides the recipe's gradient accumulation.
+    #[arg(long)]
+    pub grad_accumulation: Option<usize>,
+    #[arg(long, default_value_t = 200)]
+    pub checkpoint_every: usize,
+    /// Checkpoints kept under OUT/checkpoints.
+    #[arg(long, default_value_t = 3)]
+    pub keep: usize,
+    #[arg(long, default_value_t = 100)]
+    pub validate_every: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Continue from the newest checkpoint in OUT (optimizer, EMA, step, RNG, data position).
+    #[arg(long)]
+    pub resume: bool,
+    /// Stop (with a checkpoint) at this step, keeping --max-steps for the learning-rate schedule;
+    /// continue later with --resume.
+    #[arg(long)]
+    pub stop_at: Option<usize>,
+    /// Image decoding threads.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+}
+
+#[derive(Args)]
+pub struct AssembleArgs {
+    #[arg(long)]
+    pub clip: PathBuf,
+    /// Output of `unclip train prior` (optional: without it the folder makes variations only).
+    #[arg(long)]
+    pub prior: Option<PathBuf>,
+    /// Output of `unclip train decoder`.
+    #[arg(long)]
+    pub decoder: PathBuf,
+    /// Output of `unclip train upsampler` (optional: without it the decoder's image is final).
+    #[arg(long)]
+    pub upsampler: Option<PathBuf>,
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+fn settings(train: &mut TrainSettings, args: &StageArgs) {
+    if let Some(b) = args.batch_size {
+        train.batch_size = b;
+    }
+    if let Some(lr) = args.lr {
+        train.learning_rate = lr;
+    }
+    if let Some(g) = args.grad_accumulation {
+        train.grad_accumulation = g;
+    }
+}
+
+fn clip(args: &StageArgs, stage: &str) -> Result<FrozenClip> {
+    let Some(dir) = &args.clip else {
+        bail!("training the {stage} needs --clip DIR (a CLIPModel folder)")
+    };
+    Ok(FrozenClip::load(dir, &Device::Cpu)?)
+}
+
+fn run(stage: &dyn TrainStage, train: &TrainSettings, args: &StageArgs) -> Result<()> {
+    let opts = RunOptions {
+        data: args.data.clone(),
+        val_data: args.val_data.clone(),
+        out: args.out.clone(),
+        max_steps: args.max_steps,
+        checkpoint_every: args.checkpoint_every,
+        keep_checkpoints: args.keep,
+        validate_every: args.validate_every,
+        seed: args.seed,
+        resume: args.resume,
+        workers: args.workers,
+        stop_at: args.stop_at,
+    };
+    let bar = progress::bar(args.max_steps as u64, &format!("train {}", stage.name()));
+    let summary = run_training(stage, train, &opts, &mut |s| {
+        bar.set_position(s.step as u64);
+        let val = s
+            .val_loss
+            .map(|v| format!(" val {v:.4}"))
+            .unwrap_or_default();
+        bar.set_message(format!(
+            "loss {:.4}{val} {:.1} img/s",
+            s.loss, s.images_per_second
+        ));
+    })?;
+    bar.finish();
+    eprintln!(
+        "{}: steps {}..{} in {:.1}s, loss {:.4} -> {:.4}, {} unreadable records skipped; model, checkpoints, \
+         train_log.jsonl, loss.png and samples/ in {}",
+        summary.stage,
+        summary.first_step,
+        summary.steps,
+        summary.seconds,
+        summary.first_loss,
+        summary.last_loss,
+        summary.skipped_records,
+        args.out.display()
+    );
+    Ok(())
+}
+
+pub fn prior(args: StageArgs) -> Result<()> {
+    let mut recipe: PriorRecipe = load_recipe("prior", &args.preset, args.config.as_deref())?;
+    settings(&mut recipe.train, &args);
+    let stage = PriorStage::new(&recipe, clip(&args, "prior")?, &args.data, args.seed)?;
+    run(&stage, &recipe.train, &args)
+}
+
+pub fn decoder(args: StageArgs) -> Result<()> {
+    let mut recipe: DecoderRecipe = load_recipe("decoder", &args.preset, args.config.as_deref())?;
+    settings(&mut recipe.train, &args);
+    let stage = DecoderStage::new(&recipe, clip(&args, "decoder")?, args.seed)?;
+    run(&stage, &recipe.train, &args)
+}
+
+pub fn upsampler(args: StageArgs) -> Result<()> {
+    let mut recipe: UpsamplerRecipe =
+        load_recipe("upsampler", &args.preset, args.config.as_deref())?;
+    settings(&mut recipe.train, &args);
+    let stage = UpsamplerStage::new(&recipe, args.seed)?;
+    run(&stage, &recipe.train, &args)
+}
+
+pub fn assemble_command(args: AssembleArgs) -> Result<()> {
+    let parts = PipelineParts {
+        clip: &args.clip,
+        prior: args.prior.as_deref(),
+        decoder: &args.decoder,
+        upsampler: args.upsampler.as_deref(),
+    };
+    assemble(&parts, &args.out)?;
+    eprintln!("wrote the pipeline folder {}", args.out.display());
+    Ok(())
+}

@@ -1,0 +1,145 @@
+//! One pipeline folder from separately trained parts, in diffusers' unCLIP layout (so that
+//! `generate`, `vary` and diffusers read it): the CLIP model becomes `text_encoder/` +
+//! `tokenizer/` and `image_encoder/` + `feature_extractor/`; the stage folders written by the
+//! trainers contribute `prior/`, `decoder/` + `text_proj/` and `super_res_first/last/`.
+
+use crate::checkpoint::{replace_dir, write_atomic};
+use crate::clip::{load_clip_tensors, save_clip, ClipLayout, ClipModel, PROCESSOR_FILE};
+use crate::error::{Error, Result};
+use candle_core::Device;
+use std::path::Path;
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
+    for entry in std::fs::read_dir(src).map_err(|e| Error::io(src, e))? {
+        let path = entry.map_err(|e| Error::io(src, e))?.path();
+        let target = dst.join(path.file_name().unwrap_or_default());
+        if path.is_dir() {
+            copy_tree(&path, &target)?;
+        } else {
+            std::fs::copy(&path, &target).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn require(dir: &Path, part: &str, what: &str) -> Result<()> {
+    if dir.join(part).is_dir() {
+        Ok(())
+    } else {
+        Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!("no `{part}/` folder: is this the output of `unclip train {what}`?"),
+        })
+    }
+}
+
+pub struct PipelineParts<'a> {
+    pub clip: &'a Path,
+    pub prior: Option<&'a Path>,
+    pub decoder: &'a Path,
+    pub upsampler: Option<&'a Path>,
+}
+
+pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
+    let device = Device::Cpu;
+    let clip = ClipModel::load(parts.clip, &device)?;
+    if !clip.has_text() || !clip.has_vision() {
+        return Err(Error::Checkpoint {
+            path: parts.clip.to_path_buf(),
+            message: "assemble needs a full CLIPModel folder (both towers)".into(),
+        });
+    }
+    if let Some(p) = parts.prior {
+        require(p, "prior", "prior")?;
+    }
+    require(parts.decoder, "decoder", "decoder")?;
+    require(parts.decoder, "text_proj", "decoder")?;
+    if let Some(u) = parts.upsampler {
+        require(u, "super_res_first", "upsampler")?;
+    }
+    let tensors = load_clip_tensors(parts.clip, &device)?;
+    replace_dir(out, |tmp| {
+        save_clip(
+            &tmp.join("text_encoder"),
+            clip.config(),
+            &tensors,
+            ClipLayout::Text,
+        )?;
+        save_clip(
+            &tmp.join("image_encoder"),
+            clip.config(),
+            &tensors,
+            ClipLayout::Vision,
+        )?;
+        let tokenizer = tmp.join("tokenizer");
+        std::fs::create_dir_all(&tokenizer).map_err(|e| Error::io(&tokenizer, e))?;
+        for name in [
+            "tokenizer.json",
+            "vocab.json",
+            "merges.txt",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ] {
+            let src = parts.clip.join(name);
+            if src.is_file() {
+                std::fs::copy(&src, tokenizer.join(name)).map_err(|e| Error::io(&src, e))?;
+            }
+        }
+        let features = tmp.join("feature_extractor");
+        std::fs::create_dir_all(&features).map_err(|e| Error::io(&features, e))?;
+        let processor = parts.clip.join(PROCESSOR_FILE);
+        if processor.is_file() {
+            std::fs::copy(&processor, features.join(PROCESSOR_FILE))
+                .map_err(|e| Error::io(&processor, e))?;
+        }
+        let mut components = vec![
+            (
+                "text_encoder",
+                r#"["transformers", "CLIPTextModelWithProjection"]"#,
+            ),
+            ("tokenizer", r#"["transformers", "CLIPTokenizer"]"#),
+            (
+                "image_encoder",
+                r#"["transformers", "CLIPVisionModelWithProjection"]"#,
+            ),
+            (
+                "feature_extractor",
+                r#"["transformers", "CLIPImageProcessor"]"#,
+            ),
+            ("text_proj", r#"["unclip", "UnCLIPTextProjModel"]"#),
+            ("decoder", r#"["diffusers", "UNet2DConditionModel"]"#),
+            ("decoder_scheduler", r#"["diffusers", "UnCLIPScheduler"]"#),
+        ];
+        for part in ["decoder", "text_proj", "decoder_scheduler"] {
+            copy_tree(&parts.decoder.join(part), &tmp.join(part))?;
+        }
+        if let Some(prior) = parts.prior {
+            for part in ["prior", "prior_scheduler"] {
+                copy_tree(&prior.join(part), &tmp.join(part))?;
+            }
+            components.push(("prior", r#"["diffusers", "PriorTransformer"]"#));
+            components.push(("prior_scheduler", r#"["diffusers", "UnCLIPScheduler"]"#));
+        }
+        if let Some(up) = parts.upsampler {
+            for part in ["super_res_first", "super_res_last", "super_res_scheduler"] {
+                copy_tree(&up.join(part), &tmp.join(part))?;
+            }
+            components.push(("super_res_first", r#"["diffusers", "UNet2DModel"]"#));
+            components.push(("super_res_last", r#"["diffusers", "UNet2DModel"]"#));
+            components.push(("super_res_scheduler", r#"["diffusers", "UnCLIPScheduler"]"#));
+        }
+        let class = if parts.prior.is_some() {
+            "UnCLIPPipeline"
+        } else {
+            "UnCLIPImageVariationPipeline"
+        };
+        let mut index =
+            format!("{{\n  \"_class_name\": \"{class}\",\n  \"_diffusers_version\": \"0.42.1\"");
+        for (name, value) in components {
+            index.push_str(&format!(",\n  \"{name}\": {value}"));
+        }
+        index.push_str("\n}\n");
+        write_atomic(&tmp.join("model_index.json"), index.as_bytes())
+    })
+}

@@ -1,0 +1,142 @@
+//! The frozen CLIP a prior or decoder is trained against: text embeddings and token states of
+//! captions, image embeddings of training images, and the random draws (timesteps, noise,
+//! drop masks) every diffusion loss needs, all from the run's seeded RNG.
+
+use crate::clip::{ClipImageProcessor, ClipModel};
+use crate::error::{Error, Result};
+use crate::imageops::resize_bicubic_antialias;
+use crate::tokenizer::ClipTokenizer;
+use candle_core::{Device, Tensor};
+use rand::Rng;
+use rand_chacha::ChaCha8Rng;
+use rand_distr::{Distribution, StandardNormal};
+use std::path::Path;
+
+/// What the text tower says about a batch of captions.
+pub struct TextConditioning {
+    pub embeds: Tensor, // (B, D)
+    pub states: Tensor, // (B, T, D)
+    pub mask: Tensor,   // (B, T) u32
+}
+
+pub struct FrozenClip {
+    pub model: ClipModel,
+    pub tokenizer: ClipTokenizer,
+    image_size: usize,
+    mean: Tensor, // (1, 3, 1, 1)
+    std: Tensor,
+    device: Device,
+}
+
+impl FrozenClip {
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let model = ClipModel::load(dir, device)?;
+        if !model.has_text() || !model.has_vision() {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message:
+                    "training a prior or decoder needs a full CLIPModel (text and vision towers)"
+                        .into(),
+            });
+        }
+        let text = model.text_config()?;
+        if text.hidden_size != model.config().projection_dim {
+            return Err(Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message: format!(
+                    "unCLIP's prior and text projection read the text tower's token states as CLIP embeddings, \
+                     so its hidden_size ({}) must equal projection_dim ({})",
+                    text.hidden_size,
+                    model.config().projection_dim
+                ),
+            });
+        }
+        let tokenizer =
+            ClipTokenizer::load(dir)?.with_context_length(text.max_position_embeddings)?;
+        let image_size = model.vision_config()?.image_size;
+        let processor = ClipImageProcessor::load_or_default(dir, image_size)?;
+        let mean = Tensor::new(&processor.image_mean, device)?.reshape((1, 3, 1, 1))?;
+        let std = Tensor::new(&processor.image_std, device)?.reshape((1, 3, 1, 1))?;
+        Ok(Self {
+            model,
+            tokenizer,
+            image_size,
+            mean,
+            std,
+            device: device.clone(),
+        })
+    }
+
+    pub fn embedding_dim(&self) -> usize {
+        self.model.config().projection_dim
+    }
+
+    pub fn encode_text<S: AsRef<str>>(&self, captions: &[S]) -> Result<TextConditioning> {
+        let (ids, mask) = self
+            .tokenizer
+            .encode_batch(captions)?
+            .to_tensors(&self.device)?;
+        let states = self
+            .model
+            .text_outputs(&ids, None)?
+            .last_hidden_state
+            .detach();
+        let embeds = self.model.text_features(&ids, None)?.detach();
+        Ok(TextConditioning {
+            embeds,
+            states,
+            mask,
+        })
+    }
+
+    /// Unnormalised image embeddings (what unCLIP's decoder is conditioned on) of (B, 3, S, S)
+    /// images in [-1, 1]: resized to CLIP's size and normalised as its processor does.
+    pub fn encode_images(&self, pixels: &Tensor) -> Result<Tensor> {
+        let x = resize_bicubic_antialias(pixels, self.image_size, self.image_size)?;
+        let x = ((x + 1.0)? / 2.0)?
+            .broadcast_sub(&self.mean)?
+            .broadcast_div(&self.std)?;
+        Ok(self.model.image_features(&x)?.detach())
+    }
+}
+
+/// Standard normal noise of `shape` from the run's RNG.
+pub fn normal(rng: &mut ChaCha8Rng, shape: &[usize], device: &Device) -> Result<Tensor> {
+    let n: usize = shape.iter().product();
+    let v: Vec<f32> = (0..n).map(|_| StandardNormal.sample(rng)).collect();
+    Ok(Tensor::from_vec(v, shape, device)?)
+}
+
+/// One uniform timestep in 0..train per sample.
+pub fn timesteps(rng: &mut ChaCha8Rng, batch: usize, train: usize) -> Vec<i64> {
+    (0..batch)
+        .map(|_| rng.random_range(0..train as i64))
+        .collect()
+}
+
+/// A (B, 1) keep-mask: 1 with probability 1 - p_drop.
+pub fn keep_mask(
+    rng: &mut ChaCha8Rng,
+    batch: usize,
+    p_drop: f64,
+    device: &Device,
+) -> Result<Tensor> {
+    let v: Vec<f32> = (0..batch)
+        .map(|_| {
+            if rng.random::<f64>() < p_drop {
+                0.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    Ok(Tensor::from_vec(v, (batch, 1), device)?)
+}
+
+/// Row-wise choice: keep ? a : b, for a keep-mask (B, 1) and tensors of any rank.
+pub fn select_rows(keep: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
+    let mut shape = vec![keep.dim(0)?];
+    shape.extend(std::iter::repeat_n(1, a.rank() - 1));
+    let k = keep.reshape(shape.as_slice())?.to_dtype(a.dtype())?;
+    Ok((a.broadcast_mul(&k)? + b.broadcast_mul(&(1.0 - &k)?)?)?)
+}

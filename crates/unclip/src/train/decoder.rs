@@ -1,0 +1,250 @@
+//! Training the decoder (unCLIP §2.1): a Karlo-shaped U-Net and the text projection learn to
+//! predict the noise of an image given its CLIP image embedding (4 extra context tokens and a
+//! time-embedding bias) and its caption; the embedding is replaced by the learned null 10% of
+//! the time and the caption by the empty one 50% of the time, for classifier-free guidance.
+//! With `out_channels: 6` the variance is learned too (L_hybrid, Nichol & Dhariwal 2021).
+
+use super::conditioning::{keep_mask, normal, select_rows, timesteps, FrozenClip};
+use super::params::ParamStore;
+use super::runner::{Batch, TrainSettings, TrainStage};
+use crate::checkpoint::{save_safetensors, write_config};
+use crate::diffusion::{
+    vlb_loss, NoiseSchedule, NoiseSource, Sampler, SchedulerConfig, VarianceType,
+};
+use crate::error::{Error, Result};
+use crate::imageops::{contact_sheet, save_png, to_rgb8};
+use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::models::{TextProj, TextProjConfig};
+use crate::pipeline::{GenerateOptions, UnclipPipeline};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderRecipe {
+    pub train: TrainSettings,
+    /// The U-Net; `cross_attention_dim` must equal the text projection's.
+    pub unet: UNet2DConditionConfig,
+    /// `clip_embeddings_dim` is taken from the CLIP model; `time_embed_dim` from the U-Net.
+    pub text_proj: TextProjConfig,
+    pub scheduler: SchedulerConfig,
+    #[serde(default = "image_drop")]
+    pub image_embedding_drop: f64,
+    #[serde(default = "caption_drop")]
+    pub caption_drop: f64,
+}
+
+fn image_drop() -> f64 {
+    0.1
+}
+fn caption_drop() -> f64 {
+    0.5
+}
+
+pub struct DecoderStage {
+    params: ParamStore,
+    unet: UNet2DConditionModel,
+    text_proj: TextProj,
+    unet_config: UNet2DConditionConfig,
+    text_proj_config: TextProjConfig,
+    scheduler: SchedulerConfig,
+    schedule: NoiseSchedule,
+    clip: FrozenClip,
+    image_drop: f64,
+    caption_drop: f64,
+    image_size: usize,
+}
+
+fn square(cfg: &UNet2DConditionConfig) -> Result<usize> {
+    use crate::models::unet::SampleSize;
+    match &cfg.sample_size {
+        Some(SampleSize::Square(n)) => Ok(*n),
+        Some(SampleSize::Rect(v)) if v.len() == 2 && v[0] == v[1] => Ok(v[0]),
+        _ => Err(Error::config(
+            "unet.sample_size",
+            "training needs a square sample_size",
+        )),
+    }
+}
+
+impl DecoderStage {
+    pub fn new(recipe: &DecoderRecipe, clip: FrozenClip, seed: u64) -> Result<Self> {
+        let unet_config = recipe.unet.clone();
+        unet_config.validate()?;
+        let learned = unet_config.out_channels == 2 * unet_config.in_channels;
+        if learned != (recipe.scheduler.variance_type == VarianceType::LearnedRange) {
+            return Err(Error::config(
+                "scheduler.variance_type",
+                "use learned_range exactly when unet.out_channels is twice in_channels",
+            ));
+        }
+        let mut text_proj_config = recipe.text_proj.clone();
+        text_proj_config.clip_embeddings_dim = clip.embedding_dim();
+        text_proj_config.time_embed_dim = unet_config.time_embed_dim();
+        let params = ParamStore::new(seed);
+        let vb = params.var_builder(&Device::Cpu);
+        let unet = UNet2DConditionModel::new(&unet_config, vb.pp("decoder"))?;
+        let text_proj = TextProj::new(&text_proj_config, vb.pp("text_proj"))?;
+        Ok(Self {
+            params,
+            unet,
+            text_proj,
+            image_size: square(&unet_config)?,
+            unet_config,
+            text_proj_config,
+            schedule: NoiseSchedule::cosine(recipe.scheduler.num_train_timesteps),
+            scheduler: recipe.scheduler.clone(),
+            clip,
+            image_drop: recipe.image_embedding_drop,
+            caption_drop: recipe.caption_drop,
+        })
+    }
+
+    fn split(weights: &[(String, Tensor)], prefix: &str) -> Vec<(String, Tensor)> {
+        weights
+            .iter()
+            .filter_map(|(n, t)| {
+                n.strip_prefix(prefix)
+                    .map(|rest| (rest.to_string(), t.clone()))
+            })
+            .collect()
+    }
+
+    /// A pipeline (no prior, no upsampler) over the given weights, for previews.
+    fn pipeline_with(&self, weights: &[(String, Tensor)]) -> Result<UnclipPipeline> {
+        let map: HashMap<String, Tensor> = weights.iter().cloned().collect();
+        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        let unet = UNet2DConditionModel::new(&self.unet_config, vb.pp("decoder"))?;
+        let text_proj = TextProj::new(&self.text_proj_config, vb.pp("text_proj"))?;
+        UnclipPipeline::from_models(
+            self.clip.tokenizer.clone(),
+            self.clip.model.clone(),
+            text_proj,
+            unet,
+            self.scheduler.clone(),
+            None,
+            Path::new("decoder preview"),
+            &Device::Cpu,
+        )
+    }
+}
+
+impl TrainStage for DecoderStage {
+    fn name(&self) -> &'static str {
+        "decoder"
+    }
+
+    fn params(&self) -> &ParamStore {
+        &self.params
+    }
+
+    fn image_size(&self) -> usize {
+        self.image_size
+    }
+
+    fn loss(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        let device = batch.pixels.device();
+        let b = batch.captions.len();
+        let text = self.clip.encode_text(&batch.captions)?;
+        let empty = self.clip.encode_text(&vec![""; b])?;
+        let keep_caption = keep_mask(rng, b, self.caption_drop, device)?;
+        let embeds = select_rows(&keep_caption, &text.embeds, &empty.embeds)?;
+        let states = select_rows(&keep_caption, &text.states, &empty.states)?;
+        let mask = select_rows(
+            &keep_caption,
+            &text.mask.to_dtype(DType::F32)?,
+            &empty.mask.to_dtype(DType::F32)?,
+        )?;
+        let image = self.clip.encode_images(&batch.pixels)?;
+        let keep_image = keep_mask(rng, b, self.image_drop, device)?;
+        let image = select_rows(
+            &keep_image,
+            &image,
+            &self.text_proj.null_image_embeddings(b)?,
+        )?;
+        let context = self.text_proj.forward(&image, &embeds, &states)?;
+        let extra = self.text_proj_config.clip_extra_context_tokens;
+        let decoder_mask =
+            Tensor::cat(&[&Tensor::ones((b, extra), DType::F32, device)?, &mask], 1)?;
+
+        let x0 = &batch.pixels;
+        let ts = timesteps(rng, b, self.scheduler.num_train_timesteps);
+        let noise = normal(rng, x0.dims(), device)?;
+        let x_t = self.schedule.q_sample(x0, &noise, &ts)?;
+        let t = Tensor::new(
+            ts.iter().map(|&t| t as f32).collect::<Vec<_>>().as_slice(),
+            device,
+        )?;
+        let out = self.unet.forward(
+            &x_t,
+            &t,
+            &context.encoder_hidden_states,
+            Some(&context.additive_time_embedding),
+            Some(&decoder_mask),
+        )?;
+        let c = x0.dim(1)?;
+        let eps = out.narrow(1, 0, c)?;
+        let mse = (&eps - &noise)?.sqr()?.mean_all()?;
+        if out.dim(1)? == 2 * c {
+            let v = out.narrow(1, c, c)?;
+            Ok((mse + vlb_loss(&self.schedule, x0, &x_t, &eps, &v, &ts)?)?)
+        } else {
+            Ok(mse)
+        }
+    }
+
+    fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()> {
+        UNet2DConditionModel::save(
+            &dir.join("decoder"),
+            &self.unet_config,
+            &Self::split(weights, "decoder."),
+        )?;
+        let proj = dir.join("text_proj");
+        std::fs::create_dir_all(&proj).map_err(|e| Error::io(&proj, e))?;
+        write_config(&proj.join("config.json"), &self.text_proj_config)?;
+        save_safetensors(
+            &Self::split(weights, "text_proj."),
+            &proj.join("diffusion_pytorch_model.safetensors"),
+        )?;
+        write_config(
+            &dir.join("decoder_scheduler").join("scheduler_config.json"),
+            &self.scheduler,
+        )
+    }
+
+    /// Real images on the left, the decoder's reconstruction from their CLIP embedding and
+    /// caption on the right (20 DDIM steps, guidance 3).
+    fn preview(&self, path: &Path, weights: &[(String, Tensor)], batch: &Batch) -> Result<()> {
+        let pipeline = self.pipeline_with(weights)?;
+        let n = batch.captions.len().min(8);
+        let pixels = batch.pixels.narrow(0, 0, n)?;
+        let embeds = self.clip.encode_images(&pixels)?;
+        let opts = GenerateOptions {
+            decoder_steps: 20,
+            decoder_guidance: 3.0,
+            sampler: Sampler::Ddim { eta: 0.0 },
+            ..GenerateOptions::default()
+        };
+        let made = pipeline.decode_embeddings(
+            &embeds,
+            &batch.captions[..n],
+            &opts,
+            &mut NoiseSource::seeded(0),
+            &mut |_, _, _| {},
+        )?;
+        let real = ((pixels.permute((0, 2, 3, 1))? + 1.0)? / 2.0)?;
+        let mut images = Vec::new();
+        for (r, m) in to_rgb8(&real)?.into_iter().zip(to_rgb8(&made)?) {
+            images.push(r);
+            images.push(m);
+        }
+        match contact_sheet(&images, 4, 2) {
+            Some(sheet) => save_png(&sheet, path),
+            None => Ok(()),
+        }
+    }
+}

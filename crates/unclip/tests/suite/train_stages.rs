@@ -1,0 +1,311 @@
+//! The prior, decoder and upsampler trainers on a small shapes dataset with tiny models: each
+//! drives its loss down, a run stopped at a checkpoint and resumed reaches exactly the state of
+//! an uninterrupted run, a checkpoint of another architecture is refused, and the trained parts
+//! assemble into a pipeline that generates and varies images.
+
+use crate::common::{oracle_dir, scratch_dir};
+use candle_core::{Device, Tensor};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use std::path::{Path, PathBuf};
+use unclip::data::shapes::{write_shapes_dataset, Form};
+use unclip::data::{stream, DataSource, StreamOptions};
+use unclip::diffusion::NoiseSource;
+use unclip::pipeline::{assemble, GenerateOptions, PipelineParts, UnclipPipeline};
+use unclip::train::{
+    run_training, Batch, DecoderRecipe, DecoderStage, FrozenClip, PriorRecipe, PriorStage,
+    RunOptions, TrainStage, UpsamplerRecipe, UpsamplerStage,
+};
+
+/// A CLIP whose text width equals its projection (as unCLIP needs), from the oracle fixtures.
+fn clip_dir() -> PathBuf {
+    oracle_dir().join("clip_tiny_legacy")
+}
+
+fn clip() -> FrozenClip {
+    FrozenClip::load(&clip_dir(), &Device::Cpu).unwrap()
+}
+
+fn dataset(tag: &str, n: usize) -> PathBuf {
+    let dir = scratch_dir(tag).join("data");
+    write_shapes_dataset(&dir, n, 7, &Form::ALL).unwrap();
+    dir
+}
+
+fn train_json() -> serde_json::Value {
+    serde_json::json!({"learning_rate": 2e-3, "warmup_steps": 0, "batch_size": 8, "grad_clip": 1.0, "ema_decay": 0.9})
+}
+
+fn prior_recipe() -> PriorRecipe {
+    serde_json::from_value(serde_json::json!({
+        "train": train_json(),
+        "prior": {"num_attention_heads": 2, "attention_head_dim": 16, "num_layers": 1},
+        "scheduler": {"variance_type": "fixed_small_log", "prediction_type": "sample", "clip_sample_range": 5.0}
+    }))
+    .unwrap()
+}
+
+fn decoder_recipe() -> DecoderRecipe {
+    serde_json::from_value(serde_json::json!({
+        "train": train_json(),
+        "unet": {"sample_size": 16, "in_channels": 3, "out_channels": 6, "block_out_channels": [8, 16], "layers_per_block": 1,
+                 "down_block_types": ["ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"],
+                 "up_block_types": ["SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"],
+                 "mid_block_type": "UNetMidBlock2DSimpleCrossAttn", "attention_head_dim": 8, "cross_attention_dim": 16,
+                 "class_embed_type": "identity", "resnet_time_scale_shift": "scale_shift", "norm_num_groups": 4},
+        "text_proj": {"clip_extra_context_tokens": 4, "clip_embeddings_dim": 0, "time_embed_dim": 0, "cross_attention_dim": 16},
+        "scheduler": {"variance_type": "learned_range", "prediction_type": "epsilon"}
+    }))
+    .unwrap()
+}
+
+fn upsampler_recipe() -> UpsamplerRecipe {
+    serde_json::from_value(serde_json::json!({
+        "train": train_json(),
+        "unet": {"sample_size": 32, "in_channels": 6, "out_channels": 3, "block_out_channels": [8, 16], "layers_per_block": 1,
+                 "down_block_types": ["ResnetDownsampleBlock2D", "ResnetDownsampleBlock2D"],
+                 "up_block_types": ["ResnetUpsampleBlock2D", "ResnetUpsampleBlock2D"], "add_attention": false,
+                 "norm_num_groups": 4},
+        "scheduler": {"variance_type": "fixed_small_log", "prediction_type": "epsilon"},
+        "low_resolution": 16
+    }))
+    .unwrap()
+}
+
+fn options(data: &Path, out: &Path, steps: usize) -> RunOptions {
+    RunOptions {
+        data: data.to_string_lossy().into_owned(),
+        val_data: None,
+        out: out.to_path_buf(),
+        max_steps: steps,
+        checkpoint_every: steps,
+        keep_checkpoints: 2,
+        validate_every: 0,
+        seed: 11,
+        resume: false,
+        workers: 2,
+        stop_at: None,
+    }
+}
+
+/// A fixed batch of 16 images at the stage's size.
+fn fixed_batch(data: &Path, size: usize) -> Batch {
+    let source = DataSource::open(&data.to_string_lossy()).unwrap();
+    let opts = StreamOptions {
+        image_size: size,
+        seed: 99,
+        epoch: 0,
+        skip: 0,
+        shuffle_buffer: 8,
+        workers: 1,
+    };
+    let samples: Vec<_> = stream(&source, &opts).unwrap().take(16).collect();
+    let pixels: Vec<u8> = samples.iter().flat_map(|s| s.pixels.clone()).collect();
+    let t = Tensor::from_vec(pixels, (samples.len(), size, size, 3), &Device::Cpu).unwrap();
+    let t = t
+        .permute((0, 3, 1, 2))
+        .unwrap()
+        .to_dtype(candle_core::DType::F32)
+        .unwrap();
+    Batch {
+        pixels: ((t / 127.5).unwrap() - 1.0).unwrap(),
+        captions: samples.into_iter().map(|s| s.caption).collect(),
+    }
+}
+
+/// The loss on a fixed batch with a fixed RNG, averaged over a few draws of t and noise.
+fn fixed_loss(stage: &dyn TrainStage, batch: &Batch) -> f32 {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    (0..4)
+        .map(|_| {
+            stage
+                .loss(batch, &mut rng)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .sum::<f32>()
+        / 4.0
+}
+
+fn assert_learns(stage: &dyn TrainStage, data: &Path, out: &Path, steps: usize) {
+    let batch = fixed_batch(data, stage.image_size());
+    let before = fixed_loss(stage, &batch);
+    let summary = run_training(
+        stage,
+        &serde_json::from_value(train_json()).unwrap(),
+        &options(data, out, steps),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(summary.steps, steps);
+    let after = fixed_loss(stage, &batch);
+    assert!(
+        after < 0.8 * before,
+        "{}: loss on a fixed batch {before} -> {after}",
+        stage.name()
+    );
+    for file in ["train_log.jsonl", "loss.png"] {
+        assert!(out.join(file).is_file(), "{file} written");
+    }
+    assert!(out
+        .join("checkpoints")
+        .join(format!("step-{steps:08}"))
+        .join("training_state.json")
+        .is_file());
+}
+
+#[test]
+fn prior_learns_and_resumes_exactly() {
+    let data = dataset("train-prior", 48);
+    let root = data.parent().unwrap().to_path_buf();
+    let stage = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11).unwrap();
+    assert_learns(&stage, &data, &root.join("learn"), 40);
+    assert!(
+        root.join("learn/prior/config.json").is_file()
+            && root
+                .join("learn/prior_scheduler/scheduler_config.json")
+                .is_file()
+    );
+
+    // Uninterrupted: 6 steps. Interrupted: 3 steps (checkpoint), then resume to 6.
+    let settings = serde_json::from_value(train_json()).unwrap();
+    let straight = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11).unwrap();
+    run_training(
+        &straight,
+        &settings,
+        &options(&data, &root.join("straight"), 6),
+        &mut |_| {},
+    )
+    .unwrap();
+    let first = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11).unwrap();
+    let mut interrupted = options(&data, &root.join("resumed"), 6);
+    interrupted.stop_at = Some(3);
+    run_training(&first, &settings, &interrupted, &mut |_| {}).unwrap();
+    let second = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11).unwrap();
+    let mut resume = options(&data, &root.join("resumed"), 6);
+    resume.resume = true;
+    let summary = run_training(&second, &settings, &resume, &mut |_| {}).unwrap();
+    assert_eq!((summary.first_step, summary.steps), (3, 6));
+    for ((name, a), (_, b)) in straight
+        .params()
+        .tensors()
+        .iter()
+        .zip(second.params().tensors())
+    {
+        let diff = (a - &b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff == 0.0, "{name} differs by {diff} after resuming");
+    }
+    let log = std::fs::read_to_string(root.join("resumed/train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 6, "the log holds each step once");
+
+    // A checkpoint of another architecture is refused by name.
+    let mut bigger = prior_recipe();
+    bigger.prior.num_layers = 2;
+    let other = PriorStage::new(&bigger, clip(), &data.to_string_lossy(), 11).unwrap();
+    let mut again = options(&data, &root.join("resumed"), 8);
+    again.resume = true;
+    let err = run_training(&other, &settings, &again, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("different architecture"), "{err}");
+}
+
+#[test]
+fn decoder_with_learned_variance_learns() {
+    let data = dataset("train-decoder", 48);
+    let out = data.parent().unwrap().join("out");
+    let stage = DecoderStage::new(&decoder_recipe(), clip(), 11).unwrap();
+    assert_learns(&stage, &data, &out, 40);
+    assert!(
+        out.join("samples")
+            .join(format!("step-{:08}.png", 40))
+            .is_file(),
+        "a preview grid is written"
+    );
+}
+
+#[test]
+fn upsampler_learns() {
+    let data = dataset("train-upsampler", 48);
+    let out = data.parent().unwrap().join("out");
+    let stage = UpsamplerStage::new(&upsampler_recipe(), 11).unwrap();
+    assert_learns(&stage, &data, &out, 40);
+}
+
+#[test]
+fn trained_parts_assemble_into_a_pipeline_that_generates_and_varies() {
+    let data = dataset("assemble", 24);
+    let root = data.parent().unwrap().to_path_buf();
+    let settings = serde_json::from_value(train_json()).unwrap();
+    let prior = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 1).unwrap();
+    run_training(
+        &prior,
+        &settings,
+        &options(&data, &root.join("prior"), 2),
+        &mut |_| {},
+    )
+    .unwrap();
+    let decoder = DecoderStage::new(&decoder_recipe(), clip(), 1).unwrap();
+    run_training(
+        &decoder,
+        &settings,
+        &options(&data, &root.join("decoder"), 2),
+        &mut |_| {},
+    )
+    .unwrap();
+    let upsampler = UpsamplerStage::new(&upsampler_recipe(), 1).unwrap();
+    run_training(
+        &upsampler,
+        &settings,
+        &options(&data, &root.join("upsampler"), 2),
+        &mut |_| {},
+    )
+    .unwrap();
+    let out = root.join("pipeline");
+    let parts = PipelineParts {
+        clip: &clip_dir(),
+        prior: Some(&root.join("prior")),
+        decoder: &root.join("decoder"),
+        upsampler: Some(&root.join("upsampler")),
+    };
+    assemble(&parts, &out).unwrap();
+    let pipeline = UnclipPipeline::load(&out, &Device::Cpu).unwrap();
+    let opts = GenerateOptions {
+        prior_steps: 2,
+        decoder_steps: 2,
+        super_res_steps: 2,
+        ..GenerateOptions::default()
+    };
+    let images = pipeline
+        .generate(
+            &["a red circle"],
+            &opts,
+            &mut NoiseSource::seeded(0),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+    assert_eq!(images.dims(), &[1, 32, 32, 3]);
+    let png = root.join("generated.png");
+    unclip::imageops::save_png(&unclip::imageops::to_rgb8(&images).unwrap()[0], &png).unwrap();
+    assert!(png.is_file());
+    let image = data.join("000/000000.png");
+    let varied = pipeline
+        .vary(
+            &[&image],
+            &opts,
+            &mut NoiseSource::seeded(1),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+    assert_eq!(varied.dims(), &[1, 32, 32, 3]);
+}
