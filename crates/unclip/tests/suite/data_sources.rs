@@ -132,6 +132,13 @@ fn shards_yield_good_pairs_and_count_the_bad() {
         );
     }
 
+    // Dropping a stream part-way stops its threads (the test would hang otherwise).
+    let first_two: Vec<Sample> = stream(&source, &options(0, 0, 3))
+        .unwrap()
+        .take(2)
+        .collect();
+    assert_eq!(first_two, samples[..2]);
+
     // A directory of shards is the same source.
     let by_dir = DataSource::open(dir.0.to_str().unwrap()).unwrap();
     assert!(matches!(&by_dir, DataSource::Shards(p) if p.len() == 2));
