@@ -1,5 +1,5 @@
 //! `unclip data emoji`: a small, real, freely licensed captioned image set that anyone can
-//! rebuild offline-ish (from the npm registry): every emoji of emoji-datasource 16.0 at 64 px in
+//! rebuild from the npm registry: every emoji of emoji-datasource 16.0 at 64 px in
 //! the Twemoji and Noto art styles, captioned from emojibase's English label and tags, the
 //! emoji category and the art style, written as WebDataset shards with a held-out split.
 //!
@@ -86,6 +86,12 @@ impl EmojiOptions {
                 "--val-fraction {} is outside [0, 1)",
                 self.val_fraction
             )));
+        }
+        let mut styles = self.styles.clone();
+        styles.sort();
+        styles.dedup();
+        if styles.len() != self.styles.len() {
+            return Err(Error::InvalidInput("an emoji style is named twice".into()));
         }
         if self.styles.is_empty() {
             return Err(Error::InvalidInput("no emoji style chosen".into()));
@@ -193,7 +199,7 @@ fn read_package(tgz: &Path, keep: impl Fn(&str) -> bool) -> Result<HashMap<Strin
             continue;
         };
         if keep(rel) {
-            let mut bytes = Vec::with_capacity(entry.size() as usize);
+            let mut bytes = Vec::with_capacity(entry.size().min(64 << 20) as usize);
             entry.read_to_end(&mut bytes).map_err(bad)?;
             out.insert(rel.to_string(), bytes);
         }

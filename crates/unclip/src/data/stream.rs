@@ -203,11 +203,12 @@ fn read_in_order(
     ControlFlow::Continue(())
 }
 
-/// Decodes `bytes` and resizes the shortest side to `size` then center-crops, exactly as the
-/// CLIP image processor does before it rescales and normalises.
+/// Decodes `bytes`, resizes the shortest side to the processor's size and center-crops, exactly
+/// as the CLIP image processor does before it rescales and normalises (both switched off here).
+/// `None` when `validate_only` and the image decodes.
 fn decode_square(
     bytes: &[u8],
-    size: &ClipImageProcessor,
+    processor: &ClipImageProcessor,
     validate_only: bool,
 ) -> Option<Result<Vec<u8>>> {
     let (rgb, w, h) = match decode_rgb8(bytes) {
@@ -217,7 +218,7 @@ fn decode_square(
     if validate_only {
         return None;
     }
-    Some(size.preprocess_rgb8(&rgb, w, h).map(|chw| {
+    Some(processor.preprocess_rgb8(&rgb, w, h).map(|chw| {
         let plane = chw.len() / 3;
         let mut hwc = vec![0u8; chw.len()];
         for (i, px) in hwc.chunks_exact_mut(3).enumerate() {

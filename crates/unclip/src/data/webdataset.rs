@@ -86,9 +86,17 @@ fn split_member(path: &str) -> Option<(String, String)> {
     ))
 }
 
+/// Members larger than this are not read (a corrupt header can claim any size).
+const MAX_MEMBER_BYTES: u64 = 256 << 20;
+
 /// Reads one member's bytes, checking that the shard held all of them.
 fn read_member(entry: &mut impl Read, size: u64) -> std::result::Result<Vec<u8>, String> {
-    let mut bytes = Vec::with_capacity(size.min(64 << 20) as usize);
+    if size > MAX_MEMBER_BYTES {
+        return Err(format!(
+            "member of {size} bytes is over the {MAX_MEMBER_BYTES}-byte limit"
+        ));
+    }
+    let mut bytes = Vec::with_capacity(size as usize);
     entry
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read member: {e}"))?;
