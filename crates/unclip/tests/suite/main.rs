@@ -1,6 +1,7 @@
 //! The library's integration tests, built as one binary, grouped by topic.
 
 mod common;
+mod data_sources;
 mod gradients;
 mod gradients_prior;
 mod gradients_unet;
