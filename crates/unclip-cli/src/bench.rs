@@ -14,6 +14,19 @@ use unclip::tokenizer::ClipTokenizer;
 pub enum BenchCommand {
     /// CLIP text and image embedding throughput (tools/bench/clip_embed.py is the PyTorch side).
     Clip(BenchClipArgs),
+    /// One decoder U-Net forward on the inputs tools/bench/unclip_decoder.py --save wrote.
+    Decoder(BenchDecoderArgs),
+}
+
+#[derive(Args)]
+pub struct BenchDecoderArgs {
+    /// The folder `unclip_decoder.py --save DIR` wrote (decoder/ + bench_inputs.safetensors).
+    #[arg(long)]
+    pub dir: PathBuf,
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -35,6 +48,7 @@ pub struct BenchClipArgs {
 pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Clip(args) => clip(args),
+        BenchCommand::Decoder(args) => decoder(args),
     }
 }
 
@@ -106,6 +120,55 @@ fn clip(args: BenchClipArgs) -> Result<()> {
         Ok(())
     })?;
     print_line("clip_image", threads, args.batch, median, min);
+    Ok(())
+}
+
+fn decoder(args: BenchDecoderArgs) -> Result<()> {
+    if let Some(t) = args.threads {
+        // SAFETY: set before any thread pool exists; this is the process's first candle work.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", t.to_string()) };
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let device = Device::Cpu;
+    let unet =
+        unclip::models::unet::UNet2DConditionModel::load(&args.dir.join("decoder"), &device)?;
+    let path = args.dir.join("bench_inputs.safetensors");
+    let x = candle_core::safetensors::load(&path, &device)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let get = |k: &str| {
+        x.get(k)
+            .with_context(|| format!("{} lacks `{k}`", path.display()))
+    };
+    let sample = get("sample")?;
+    let batch = sample.dim(0)?;
+    let timestep = get("timestep")?
+        .to_dtype(candle_core::DType::F32)?
+        .repeat(batch)?;
+    let (context, labels, mask) = (
+        get("encoder_hidden_states")?,
+        get("class_labels")?,
+        get("attention_mask")?,
+    );
+    let run = || unet.forward(sample, &timestep, context, Some(labels), Some(mask));
+    let out = run()?;
+    let diff = (&out - get("output")?)?
+        .abs()?
+        .flatten_all()?
+        .max(0)?
+        .to_scalar::<f32>()?;
+    let mut times = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        run()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let line = serde_json::json!({
+        "impl": "unclip", "bench": "unclip_decoder_forward", "threads": threads, "batch": batch,
+        "size": sample.dim(3)?, "runs": times.len(), "median_ms": times[times.len() / 2], "min_ms": times[0],
+        "max_abs_diff_vs_pytorch": diff,
+    });
+    println!("{line}");
     Ok(())
 }
 

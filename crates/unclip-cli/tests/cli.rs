@@ -501,3 +501,100 @@ fn pipeline_bad_inputs_are_named() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("x.png"), "{}", stderr(&out));
 }
+
+#[test]
+fn training_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
+    let dir = scratch("kill-resume");
+    let data = dir.join("data");
+    assert!(unclip(&[
+        "data",
+        "shapes",
+        "--n",
+        "40",
+        "--out",
+        s(&data),
+        "--seed",
+        "3"
+    ])
+    .status
+    .success());
+    let clip = fixtures().join("clip_tiny_legacy");
+    let train = |out: &Path, extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = [
+            "train",
+            "prior",
+            "--data",
+            s(&data),
+            "--clip",
+            s(&clip),
+            "--out",
+            s(out),
+            "--max-steps",
+            "12",
+            "--checkpoint-every",
+            "3",
+            "--batch-size",
+            "8",
+            "--validate-every",
+            "0",
+            "--seed",
+            "5",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        args.extend(extra.iter().map(|a| a.to_string()));
+        args
+    };
+    let straight = dir.join("straight");
+    let out = Command::new(env!("CARGO_BIN_EXE_unclip"))
+        .args(train(&straight, &[]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let killed = dir.join("killed");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_unclip"))
+        .args(train(&killed, &[]))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let first = killed.join("checkpoints/step-00000003/training_state.json");
+    let started = std::time::Instant::now();
+    while !first.is_file() && started.elapsed().as_secs() < 120 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(first.is_file(), "a checkpoint was written before the kill");
+    let out = Command::new(env!("CARGO_BIN_EXE_unclip"))
+        .args(train(&killed, &["--resume"]))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let weights = |root: &Path| {
+        candle_core::safetensors::load(
+            root.join("prior/diffusion_pytorch_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (a, b) = (weights(&straight), weights(&killed));
+    assert_eq!(a.len(), b.len());
+    for (name, t) in &a {
+        let diff = (t - &b[name])
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff == 0.0, "{name} differs by {diff}");
+    }
+    let log = std::fs::read_to_string(killed.join("train_log.jsonl")).unwrap();
+    assert_eq!(log.lines().count(), 12);
+}
