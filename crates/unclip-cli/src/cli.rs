@@ -29,6 +29,8 @@ pub enum Command {
     Train(TrainCommand),
     /// Train a CLIP BPE tokenizer on captions.
     Tokenizer(TokenizerArgs),
+    /// Precompute CLIP embeddings of a dataset once, for `train prior --embeddings`.
+    EmbedDataset(crate::train_cmd::EmbedDatasetArgs),
     /// Put trained parts together into one pipeline folder that generate and vary load.
     Assemble(crate::train_cmd::AssembleArgs),
     /// Re-save a CLIP folder in another transformers layout.

@@ -23,6 +23,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Train(TrainCommand::Decoder(args)) => crate::train_cmd::decoder(args),
         Command::Train(TrainCommand::Upsampler(args)) => crate::train_cmd::upsampler(args),
         Command::Assemble(args) => crate::train_cmd::assemble_command(args),
+        Command::EmbedDataset(args) => crate::train_cmd::embed_dataset(args),
         Command::Tokenizer(args) => tokenizer(args),
         Command::Convert(args) => convert(args),
         Command::Data(command) => crate::data_cmd::run(command),

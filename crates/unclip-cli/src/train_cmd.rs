@@ -5,10 +5,12 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use std::path::PathBuf;
+use unclip::data::DataSource;
 use unclip::pipeline::{assemble, PipelineParts};
 use unclip::train::{
-    load_recipe, run_training, DecoderRecipe, DecoderStage, FrozenClip, PriorRecipe, PriorStage,
-    RunOptions, TrainSettings, TrainStage, UpsamplerRecipe, UpsamplerStage,
+    build_embedding_cache, load_recipe, run_training, DecoderRecipe, DecoderStage, EmbeddingCache,
+    FrozenClip, PriorRecipe, PriorStage, RunOptions, TrainSettings, TrainStage, UpsamplerRecipe,
+    UpsamplerStage,
 };
 
 #[derive(Args)]
@@ -57,9 +59,24 @@ pub struct StageArgs {
     /// continue later with --resume.
     #[arg(long)]
     pub stop_at: Option<usize>,
+    /// Prior only: CLIP embeddings precomputed by `unclip embed-dataset` for this data.
+    #[arg(long)]
+    pub embeddings: Option<PathBuf>,
     /// Image decoding threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+}
+
+#[derive(Args)]
+pub struct EmbedDatasetArgs {
+    /// The CLIP model (the one the prior will be trained against).
+    #[arg(long)]
+    pub clip: PathBuf,
+    #[arg(long)]
+    pub data: String,
+    /// Output file (safetensors).
+    #[arg(long)]
+    pub out: PathBuf,
 }
 
 #[derive(Args)]
@@ -143,11 +160,35 @@ fn run(stage: &dyn TrainStage, train: &TrainSettings, args: &StageArgs) -> Resul
 pub fn prior(args: StageArgs) -> Result<()> {
     let mut recipe: PriorRecipe = load_recipe("prior", &args.preset, args.config.as_deref())?;
     settings(&mut recipe.train, &args);
-    let stage = PriorStage::new(&recipe, clip(&args, "prior")?, &args.data, args.seed)?;
+    let cache = args
+        .embeddings
+        .as_deref()
+        .map(EmbeddingCache::load)
+        .transpose()?;
+    let stage = PriorStage::new(&recipe, clip(&args, "prior")?, &args.data, args.seed, cache)?;
     run(&stage, &recipe.train, &args)
 }
 
+pub fn embed_dataset(args: EmbedDatasetArgs) -> Result<()> {
+    let clip = FrozenClip::load(&args.clip, &Device::Cpu)?;
+    let source = DataSource::open(&args.data)?;
+    let bar = progress::bar(0, "embed");
+    let n = build_embedding_cache(&clip, &source, &args.out, &mut |done| {
+        bar.set_position(done as u64)
+    })?;
+    bar.finish();
+    eprintln!(
+        "embedded {n} records of {} into {}",
+        source.describe(),
+        args.out.display()
+    );
+    Ok(())
+}
+
 pub fn decoder(args: StageArgs) -> Result<()> {
+    if args.embeddings.is_some() {
+        bail!("--embeddings is for the prior; the decoder reads images");
+    }
     let mut recipe: DecoderRecipe = load_recipe("decoder", &args.preset, args.config.as_deref())?;
     settings(&mut recipe.train, &args);
     let stage = DecoderStage::new(&recipe, clip(&args, "decoder")?, args.seed)?;

@@ -133,10 +133,12 @@ pub fn keep_mask(
     Ok(Tensor::from_vec(v, (batch, 1), device)?)
 }
 
-/// Row-wise choice: keep ? a : b, for a keep-mask (B, 1) and tensors of any rank.
+/// Row-wise choice: keep ? a : b, for a keep-mask (B, 1); `b` may have a single row, which
+/// then stands for every row.
 pub fn select_rows(keep: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let mut shape = vec![keep.dim(0)?];
     shape.extend(std::iter::repeat_n(1, a.rank() - 1));
     let k = keep.reshape(shape.as_slice())?.to_dtype(a.dtype())?;
+    let b = b.to_dtype(a.dtype())?;
     Ok((a.broadcast_mul(&k)? + b.broadcast_mul(&(1.0 - &k)?)?)?)
 }

@@ -4,7 +4,9 @@
 //! the time and the caption by the empty one 50% of the time, for classifier-free guidance.
 //! With `out_channels: 6` the variance is learned too (L_hybrid, Nichol & Dhariwal 2021).
 
-use super::conditioning::{keep_mask, normal, select_rows, timesteps, FrozenClip};
+use super::conditioning::{
+    keep_mask, normal, select_rows, timesteps, FrozenClip, TextConditioning,
+};
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::{save_safetensors, write_config};
@@ -57,6 +59,8 @@ pub struct DecoderStage {
     image_drop: f64,
     caption_drop: f64,
     image_size: usize,
+    /// The empty caption's conditioning (1 row), used where the caption is dropped.
+    empty: TextConditioning,
 }
 
 fn square(cfg: &UNet2DConditionConfig) -> Result<usize> {
@@ -85,6 +89,7 @@ impl DecoderStage {
         let mut text_proj_config = recipe.text_proj.clone();
         text_proj_config.clip_embeddings_dim = clip.embedding_dim();
         text_proj_config.time_embed_dim = unet_config.time_embed_dim();
+        let empty = clip.encode_text(&[""])?;
         let params = ParamStore::new(seed);
         let vb = params.var_builder(&Device::Cpu);
         let unet = UNet2DConditionModel::new(&unet_config, vb.pp("decoder"))?;
@@ -101,6 +106,7 @@ impl DecoderStage {
             clip,
             image_drop: recipe.image_embedding_drop,
             caption_drop: recipe.caption_drop,
+            empty,
         })
     }
 
@@ -150,7 +156,7 @@ impl TrainStage for DecoderStage {
         let device = batch.pixels.device();
         let b = batch.captions.len();
         let text = self.clip.encode_text(&batch.captions)?;
-        let empty = self.clip.encode_text(&vec![""; b])?;
+        let empty = &self.empty;
         let keep_caption = keep_mask(rng, b, self.caption_drop, device)?;
         let embeds = select_rows(&keep_caption, &text.embeds, &empty.embeds)?;
         let states = select_rows(&keep_caption, &text.states, &empty.states)?;

@@ -4,6 +4,7 @@ mod clip;
 mod conditioning;
 mod decoder;
 mod ema;
+mod embedding_cache;
 mod optim;
 mod params;
 mod plot;
@@ -18,6 +19,7 @@ pub use clip::{train_clip, ClipRecipe, ClipTrainOptions, StepReport, TrainSummar
 pub use conditioning::FrozenClip;
 pub use decoder::{DecoderRecipe, DecoderStage};
 pub use ema::Ema;
+pub use embedding_cache::{build_embedding_cache, EmbeddingCache};
 pub use optim::{accumulate, clip_grad_norm, gradients, AdamW, AdamWConfig};
 pub use params::ParamStore;
 pub use prior::{PriorRecipe, PriorStage};

@@ -3,7 +3,10 @@
 //! the caption dropped 10% of the time for classifier-free guidance. Embeddings are standardised
 //! with `clip_mean`/`clip_std`, fixed from the training data before the first step.
 
-use super::conditioning::{keep_mask, normal, select_rows, timesteps, FrozenClip};
+use super::conditioning::{
+    keep_mask, normal, select_rows, timesteps, FrozenClip, TextConditioning,
+};
+use super::embedding_cache::EmbeddingCache;
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::{save_safetensors, write_config};
@@ -42,10 +45,20 @@ pub struct PriorStage {
     /// Fixed standardisation (1, D), detached from the graph.
     mean: Tensor,
     std: Tensor,
+    /// The empty caption's conditioning (1 row), used where the caption is dropped.
+    empty: TextConditioning,
+    cache: Option<EmbeddingCache>,
 }
 
 impl PriorStage {
-    pub fn new(recipe: &PriorRecipe, clip: FrozenClip, data: &str, seed: u64) -> Result<Self> {
+    /// With `cache`, embeddings come from `unclip embed-dataset`'s file instead of running CLIP.
+    pub fn new(
+        recipe: &PriorRecipe,
+        clip: FrozenClip,
+        data: &str,
+        seed: u64,
+        cache: Option<EmbeddingCache>,
+    ) -> Result<Self> {
         if recipe.scheduler.prediction_type != Prediction::Sample {
             return Err(Error::config(
                 "scheduler.prediction_type",
@@ -60,7 +73,23 @@ impl PriorStage {
         let device = Device::Cpu;
         let params = ParamStore::new(seed);
         let prior = PriorTransformer::new(&config, params.var_builder(&device))?;
-        let (mean, std) = embedding_statistics(&clip, data, seed)?;
+        let (mean, std) = match &cache {
+            Some(c) => {
+                if c.embedding_dim()? != config.embedding_dim {
+                    return Err(Error::config(
+                        "embeddings",
+                        format!(
+                            "the embeddings file has width {}, the CLIP model {}",
+                            c.embedding_dim()?,
+                            config.embedding_dim
+                        ),
+                    ));
+                }
+                c.statistics()?
+            }
+            None => embedding_statistics(&clip, data, seed)?,
+        };
+        let empty = clip.encode_text(&[""])?;
         for (name, var) in params.vars() {
             match name.as_str() {
                 "clip_mean" => var.set(&mean)?,
@@ -78,6 +107,8 @@ impl PriorStage {
             text_drop: recipe.text_drop,
             mean,
             std,
+            empty,
+            cache,
         })
     }
 }
@@ -153,8 +184,14 @@ impl TrainStage for PriorStage {
     fn loss(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> Result<Tensor> {
         let device = batch.pixels.device();
         let b = batch.captions.len();
-        let text = self.clip.encode_text(&batch.captions)?;
-        let empty = self.clip.encode_text(&vec![""; b])?;
+        let (image, text) = match &self.cache {
+            Some(cache) => cache.lookup(&batch.keys)?,
+            None => (
+                self.clip.encode_images(&batch.pixels)?,
+                self.clip.encode_text(&batch.captions)?,
+            ),
+        };
+        let empty = &self.empty;
         let keep = keep_mask(rng, b, self.text_drop, device)?;
         let embeds = select_rows(&keep, &text.embeds, &empty.embeds)?;
         let states = select_rows(&keep, &text.states, &empty.states)?;
@@ -163,11 +200,7 @@ impl TrainStage for PriorStage {
             &text.mask.to_dtype(DType::F32)?,
             &empty.mask.to_dtype(DType::F32)?,
         )?;
-        let x0 = self
-            .clip
-            .encode_images(&batch.pixels)?
-            .broadcast_sub(&self.mean)?
-            .broadcast_div(&self.std)?;
+        let x0 = image.broadcast_sub(&self.mean)?.broadcast_div(&self.std)?;
         let ts = timesteps(rng, b, self.scheduler.num_train_timesteps);
         let noise = normal(rng, x0.dims(), device)?;
         let x_t = self.schedule.q_sample(&x0, &noise, &ts)?;

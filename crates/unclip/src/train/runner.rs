@@ -29,6 +29,8 @@ pub struct Batch {
     /// (B, 3, S, S) in [-1, 1].
     pub pixels: Tensor,
     pub captions: Vec<String>,
+    /// The records' keys (for looking up precomputed embeddings).
+    pub keys: Vec<String>,
 }
 
 /// One stage of unCLIP made trainable: its loss, and how its weights are written.
@@ -166,12 +168,14 @@ impl<'a> Batches<'a> {
         let side = self.base.image_size;
         let mut pixels = Vec::with_capacity(size * side * side * 3);
         let mut captions = Vec::with_capacity(size);
+        let mut keys = Vec::with_capacity(size);
         let mut fresh_epochs = 0;
         while captions.len() < size {
             match self.current.next() {
                 Some(sample) => {
                     pixels.extend_from_slice(&sample.pixels);
                     captions.push(sample.caption);
+                    keys.push(sample.key);
                     self.position += 1;
                 }
                 None => {
@@ -202,7 +206,11 @@ impl<'a> Batches<'a> {
             .permute((0, 3, 1, 2))?
             .to_dtype(DType::F32)?;
         let pixels = ((pixels / 127.5)? - 1.0)?;
-        Ok(Batch { pixels, captions })
+        Ok(Batch {
+            pixels,
+            captions,
+            keys,
+        })
     }
 }
 

@@ -109,7 +109,8 @@ fn fixed_batch(data: &Path, size: usize) -> Batch {
         .unwrap();
     Batch {
         pixels: ((t / 127.5).unwrap() - 1.0).unwrap(),
-        captions: samples.into_iter().map(|s| s.caption).collect(),
+        captions: samples.iter().map(|s| s.caption.clone()).collect(),
+        keys: samples.into_iter().map(|s| s.key).collect(),
     }
 }
 
@@ -159,7 +160,8 @@ fn assert_learns(stage: &dyn TrainStage, data: &Path, out: &Path, steps: usize) 
 fn prior_learns_and_resumes_exactly() {
     let data = dataset("train-prior", 48);
     let root = data.parent().unwrap().to_path_buf();
-    let stage = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11).unwrap();
+    let stage =
+        PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11, None).unwrap();
     assert_learns(&stage, &data, &root.join("learn"), 40);
     assert!(
         root.join("learn/prior/config.json").is_file()
@@ -170,7 +172,8 @@ fn prior_learns_and_resumes_exactly() {
 
     // Uninterrupted: 6 steps. Interrupted: 3 steps (checkpoint), then resume to 6.
     let settings = serde_json::from_value(train_json()).unwrap();
-    let straight = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11).unwrap();
+    let straight =
+        PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11, None).unwrap();
     run_training(
         &straight,
         &settings,
@@ -178,11 +181,13 @@ fn prior_learns_and_resumes_exactly() {
         &mut |_| {},
     )
     .unwrap();
-    let first = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11).unwrap();
+    let first =
+        PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11, None).unwrap();
     let mut interrupted = options(&data, &root.join("resumed"), 6);
     interrupted.stop_at = Some(3);
     run_training(&first, &settings, &interrupted, &mut |_| {}).unwrap();
-    let second = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11).unwrap();
+    let second =
+        PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 11, None).unwrap();
     let mut resume = options(&data, &root.join("resumed"), 6);
     resume.resume = true;
     let summary = run_training(&second, &settings, &resume, &mut |_| {}).unwrap();
@@ -211,13 +216,43 @@ fn prior_learns_and_resumes_exactly() {
     // A checkpoint of another architecture is refused by name.
     let mut bigger = prior_recipe();
     bigger.prior.num_layers = 2;
-    let other = PriorStage::new(&bigger, clip(), &data.to_string_lossy(), 11).unwrap();
+    let other = PriorStage::new(&bigger, clip(), &data.to_string_lossy(), 11, None).unwrap();
     let mut again = options(&data, &root.join("resumed"), 8);
     again.resume = true;
     let err = run_training(&other, &settings, &again, &mut |_| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("different architecture"), "{err}");
+}
+
+#[test]
+fn prior_trains_from_precomputed_embeddings_identically() {
+    let data = dataset("train-prior-cache", 24);
+    let root = data.parent().unwrap().to_path_buf();
+    let source = DataSource::open(&data.to_string_lossy()).unwrap();
+    let file = root.join("embeddings.safetensors");
+    let n = unclip::train::build_embedding_cache(&clip(), &source, &file, &mut |_| {}).unwrap();
+    assert_eq!(n, 24);
+    let cache = unclip::train::EmbeddingCache::load(&file).unwrap();
+    let with_cache = PriorStage::new(
+        &prior_recipe(),
+        clip(),
+        &data.to_string_lossy(),
+        4,
+        Some(cache),
+    )
+    .unwrap();
+    let without =
+        PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 4, None).unwrap();
+    let batch = fixed_batch(&data, with_cache.image_size());
+    let (a, b) = (
+        fixed_loss(&with_cache, &batch),
+        fixed_loss(&without, &batch),
+    );
+    assert!(
+        (a - b).abs() < 1e-4 * b.abs().max(1.0),
+        "cached {a} vs computed {b}"
+    );
 }
 
 #[test]
@@ -247,7 +282,7 @@ fn trained_parts_assemble_into_a_pipeline_that_generates_and_varies() {
     let data = dataset("assemble", 24);
     let root = data.parent().unwrap().to_path_buf();
     let settings = serde_json::from_value(train_json()).unwrap();
-    let prior = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 1).unwrap();
+    let prior = PriorStage::new(&prior_recipe(), clip(), &data.to_string_lossy(), 1, None).unwrap();
     run_training(
         &prior,
         &settings,
