@@ -74,7 +74,7 @@ pub struct ClassifyArgs {
 
 #[derive(Subcommand)]
 pub enum TrainCommand {
-    /// Contrastive CLIP training on an image folder with same-named .txt captions.
+    /// Contrastive CLIP training (text and image towers, learned temperature).
     Clip(TrainClipArgs),
     /// The diffusion prior: caption -> CLIP image embedding.
     Prior(crate::train_cmd::StageArgs),
@@ -86,31 +86,8 @@ pub enum TrainCommand {
 
 #[derive(Args)]
 pub struct TrainClipArgs {
-    /// Folder of images (png, jpg, webp) with a same-named .txt caption each.
-    #[arg(long)]
-    pub data: PathBuf,
-    /// Output folder (a transformers CLIPModel folder with tokenizer).
-    #[arg(long)]
-    pub out: PathBuf,
-    /// Built-in recipe.
-    #[arg(long, default_value = "tiny", value_parser = ["tiny", "small"], conflicts_with = "config")]
-    pub preset: String,
-    /// A recipe JSON file instead of a preset (same fields as models/presets/clip-*.json).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    #[arg(long, default_value_t = 500)]
-    pub max_steps: usize,
-    /// Overrides the recipe's batch size.
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Overrides the recipe's learning rate.
-    #[arg(long)]
-    pub lr: Option<f64>,
-    /// Write the model every N steps (0: only at the end).
-    #[arg(long, default_value_t = 100)]
-    pub checkpoint_every: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    #[command(flatten)]
+    pub stage: crate::train_cmd::StageArgs,
     /// Use this tokenizer folder instead of training one on the captions.
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,

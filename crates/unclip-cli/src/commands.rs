@@ -1,16 +1,12 @@
 //! One function per command: call the library, format its answer.
 
-use crate::cli::{
-    ClassifyArgs, Cli, Command, ConvertArgs, EmbedArgs, TokenizerArgs, TrainClipArgs, TrainCommand,
-};
-use crate::progress;
+use crate::cli::{ClassifyArgs, Cli, Command, ConvertArgs, EmbedArgs, TokenizerArgs, TrainCommand};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use unclip::clip::{load_clip_tensors, save_clip, ClipConfig, ClipLayout, ClipModel};
 use unclip::data::ImageFolder;
 use unclip::pipeline::ClipEmbedder;
 use unclip::tokenizer::ClipTokenizer;
-use unclip::train::{train_clip, ClipRecipe, ClipTrainOptions};
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -18,7 +14,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Vary(args) => crate::generate::vary(args),
         Command::Embed(args) => embed(args),
         Command::Classify(args) => classify(args),
-        Command::Train(TrainCommand::Clip(args)) => train_clip_command(args),
+        Command::Train(TrainCommand::Clip(args)) => crate::train_cmd::clip_command(args),
         Command::Train(TrainCommand::Prior(args)) => crate::train_cmd::prior(args),
         Command::Train(TrainCommand::Decoder(args)) => crate::train_cmd::decoder(args),
         Command::Train(TrainCommand::Upsampler(args)) => crate::train_cmd::upsampler(args),
@@ -87,48 +83,6 @@ fn classify(args: ClassifyArgs) -> Result<()> {
     for (label, p) in ranked {
         println!("{p:.4}  {label}");
     }
-    Ok(())
-}
-
-fn train_clip_command(args: TrainClipArgs) -> Result<()> {
-    let mut recipe = match &args.config {
-        Some(path) => ClipRecipe::from_file(path)?,
-        None => ClipRecipe::preset(&args.preset)?,
-    };
-    if let Some(b) = args.batch_size {
-        recipe.batch_size = b;
-    }
-    if let Some(lr) = args.lr {
-        recipe.learning_rate = lr;
-    }
-    let opts = ClipTrainOptions {
-        data: args.data,
-        out: args.out.clone(),
-        recipe,
-        max_steps: args.max_steps,
-        checkpoint_every: args.checkpoint_every,
-        seed: args.seed,
-        tokenizer: args.tokenizer,
-    };
-    let bar = progress::bar(opts.max_steps as u64, "train clip");
-    let summary = train_clip(&opts, &mut |r| {
-        bar.set_position(r.step as u64);
-        bar.set_message(format!(
-            "loss {:.4} lr {:.2e} {:.1} img/s",
-            r.loss, r.lr, r.images_per_second
-        ));
-    })?;
-    bar.finish();
-    eprintln!(
-        "trained {} steps on {} pairs ({} unreadable images skipped) in {:.1}s: loss {:.4} -> {:.4}; model in {}",
-        summary.steps,
-        summary.pairs,
-        summary.skipped_images,
-        summary.seconds,
-        summary.first_loss,
-        summary.last_loss,
-        args.out.display()
-    );
     Ok(())
 }
 

@@ -8,9 +8,9 @@ use std::path::PathBuf;
 use unclip::data::DataSource;
 use unclip::pipeline::{assemble, PipelineParts};
 use unclip::train::{
-    build_embedding_cache, load_recipe, run_training, DecoderRecipe, DecoderStage, EmbeddingCache,
-    FrozenClip, PriorRecipe, PriorStage, RunOptions, TrainSettings, TrainStage, UpsamplerRecipe,
-    UpsamplerStage,
+    build_embedding_cache, load_recipe, run_training, ClipRecipe, ClipStage, DecoderRecipe,
+    DecoderStage, EmbeddingCache, FrozenClip, PriorRecipe, PriorStage, RunOptions, TrainSettings,
+    TrainStage, UpsamplerRecipe, UpsamplerStage,
 };
 
 #[derive(Args)]
@@ -155,6 +155,25 @@ fn run(stage: &dyn TrainStage, train: &TrainSettings, args: &StageArgs) -> Resul
         args.out.display()
     );
     Ok(())
+}
+
+pub fn clip_command(args: crate::cli::TrainClipArgs) -> Result<()> {
+    let stage_args = args.stage;
+    if stage_args.clip.is_some() || stage_args.embeddings.is_some() {
+        bail!(
+            "--clip and --embeddings are for the prior and decoder, not for training CLIP itself"
+        );
+    }
+    let mut recipe: ClipRecipe =
+        load_recipe("clip", &stage_args.preset, stage_args.config.as_deref())?;
+    settings(&mut recipe.train, &stage_args);
+    let stage = ClipStage::new(
+        &recipe,
+        &stage_args.data,
+        args.tokenizer.as_deref(),
+        stage_args.seed,
+    )?;
+    run(&stage, &recipe.train, &stage_args)
 }
 
 pub fn prior(args: StageArgs) -> Result<()> {

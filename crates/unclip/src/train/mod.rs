@@ -15,7 +15,7 @@ mod schedule;
 mod state;
 mod upsampler;
 
-pub use clip::{train_clip, ClipRecipe, ClipTrainOptions, StepReport, TrainSummary};
+pub use clip::{ClipRecipe, ClipStage};
 pub use conditioning::FrozenClip;
 pub use decoder::{DecoderRecipe, DecoderStage};
 pub use ema::Ema;

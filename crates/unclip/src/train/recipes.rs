@@ -9,6 +9,9 @@ pub const PRESETS: [&str; 3] = ["tiny", "small", "medium"];
 
 fn builtin(stage: &str, preset: &str) -> Option<&'static str> {
     Some(match (stage, preset) {
+        ("clip", "tiny") => include_str!("../../../../models/presets/clip-tiny.json"),
+        ("clip", "small") => include_str!("../../../../models/presets/clip-small.json"),
+        ("clip", "medium") => include_str!("../../../../models/presets/clip-medium.json"),
         ("prior", "tiny") => include_str!("../../../../models/presets/prior-tiny.json"),
         ("prior", "small") => include_str!("../../../../models/presets/prior-small.json"),
         ("prior", "medium") => include_str!("../../../../models/presets/prior-medium.json"),

@@ -46,6 +46,10 @@ pub trait TrainStage {
     fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()>;
     /// Writes a preview PNG of what the model (with `weights` loaded) makes of `batch`.
     fn preview(&self, path: &Path, weights: &[(String, Tensor)], batch: &Batch) -> Result<()>;
+    /// Runs after every optimizer step (CLIP clamps its temperature here).
+    fn after_step(&self) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Optimisation settings shared by every stage (the recipe's `train` section).
@@ -351,6 +355,7 @@ pub fn run_training(
         let grad_norm = clip_grad_norm(&mut grads, settings.grad_clip)?;
         let lr = schedule.at(step);
         optimizer.step(&grads, lr)?;
+        stage.after_step()?;
         if let Some(e) = &mut ema {
             e.update(&params)?;
         }

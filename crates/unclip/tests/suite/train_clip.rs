@@ -4,28 +4,33 @@
 use crate::common::color_folder;
 use candle_core::Device;
 use unclip::pipeline::ClipEmbedder;
-use unclip::train::{train_clip, ClipRecipe, ClipTrainOptions};
+use unclip::train::{load_recipe, run_training, ClipRecipe, ClipStage, RunOptions};
 
 #[test]
 fn tiny_clip_learns_colors_and_saves_a_loadable_folder() {
     let data = color_folder("train-clip", 6);
     let out = data.join("model");
-    let mut recipe = ClipRecipe::preset("tiny").unwrap();
-    recipe.batch_size = 12;
+    let mut recipe: ClipRecipe = load_recipe("clip", "tiny", None).unwrap();
+    recipe.train.batch_size = 12;
+    recipe.train.learning_rate = 1e-3;
     recipe.vocab_size = 600;
-    let opts = ClipTrainOptions {
-        data: data.clone(),
+    let stage = ClipStage::new(&recipe, &data.to_string_lossy(), None, 3).unwrap();
+    let opts = RunOptions {
+        data: data.to_string_lossy().into_owned(),
+        val_data: None,
         out: out.clone(),
-        recipe,
         max_steps: 60,
         checkpoint_every: 25,
+        keep_checkpoints: 2,
+        validate_every: 20,
         seed: 3,
-        tokenizer: None,
+        resume: false,
+        workers: 2,
+        stop_at: None,
     };
     let mut losses = Vec::new();
-    let summary = train_clip(&opts, &mut |r| losses.push(r.loss)).unwrap();
+    let summary = run_training(&stage, &recipe.train, &opts, &mut |r| losses.push(r.loss)).unwrap();
     assert_eq!(summary.steps, 60);
-    assert_eq!(summary.pairs, 24);
     // Batches of 12 hold 3 images per caption on average, so the loss cannot go below about
     // ln 3 = 1.10; it starts near ln 12 = 2.48.
     let first = losses[0];
@@ -69,6 +74,14 @@ fn tiny_clip_learns_colors_and_saves_a_loadable_folder() {
     assert!(
         correct >= 3,
         "zero-shot accuracy {correct}/4 after training"
+    );
+    let logit_scale = candle_core::safetensors::load(out.join("model.safetensors"), &Device::Cpu)
+        .unwrap()["logit_scale"]
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(
+        logit_scale <= 4.6052,
+        "the temperature is clamped at ln 100: {logit_scale}"
     );
     std::fs::remove_dir_all(&data).unwrap();
 }
