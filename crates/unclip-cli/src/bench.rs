@@ -16,6 +16,8 @@ pub enum BenchCommand {
     Clip(BenchClipArgs),
     /// One decoder U-Net forward on the inputs tools/bench/unclip_decoder.py --save wrote.
     Decoder(BenchDecoderArgs),
+    /// One decoder training step (forward, noise MSE, backward, AdamW) on the same folder.
+    DecoderTrain(BenchDecoderArgs),
 }
 
 #[derive(Args)]
@@ -49,6 +51,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
     match command {
         BenchCommand::Clip(args) => clip(args),
         BenchCommand::Decoder(args) => decoder(args),
+        BenchCommand::DecoderTrain(args) => decoder_train(args),
     }
 }
 
@@ -167,6 +170,55 @@ fn decoder(args: BenchDecoderArgs) -> Result<()> {
         "impl": "unclip", "bench": "unclip_decoder_forward", "threads": threads, "batch": batch,
         "size": sample.dim(3)?, "runs": times.len(), "median_ms": times[times.len() / 2], "min_ms": times[0],
         "max_abs_diff_vs_pytorch": diff,
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn decoder_train(args: BenchDecoderArgs) -> Result<()> {
+    use unclip::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+    use unclip::train::{gradients, AdamW, AdamWConfig, ParamStore};
+    if let Some(t) = args.threads {
+        // SAFETY: set before any thread pool exists; this is the process's first candle work.
+        unsafe { std::env::set_var("RAYON_NUM_THREADS", t.to_string()) };
+    }
+    let threads = candle_core::utils::get_num_threads();
+    let device = Device::Cpu;
+    let dir = args.dir.join("decoder");
+    let cfg: UNet2DConditionConfig = unclip::checkpoint::read_config(&dir.join("config.json"), "a UNet2DConditionModel config")?;
+    let params = ParamStore::new(0);
+    let unet = UNet2DConditionModel::new(&cfg, params.var_builder(&device))?;
+    let weights = unclip::checkpoint::Weights::load(&dir.join("diffusion_pytorch_model.safetensors"), &device)?;
+    params.load_from(&weights)?;
+    let path = args.dir.join("bench_inputs.safetensors");
+    let x = candle_core::safetensors::load(&path, &device).with_context(|| format!("reading {}", path.display()))?;
+    let get = |k: &str| x.get(k).with_context(|| format!("{} lacks `{k}`", path.display()));
+    let sample = get("sample")?;
+    let batch = sample.dim(0)?;
+    let timestep = get("timestep")?.to_dtype(candle_core::DType::F32)?.repeat(batch)?;
+    let (context, labels, mask) = (get("encoder_hidden_states")?, get("class_labels")?, get("attention_mask")?);
+    let noise = Tensor::randn(0f32, 1.0, sample.dims(), &device)?;
+    let vars = params.vars();
+    let mut optimizer = AdamW::new(vars.clone(), AdamWConfig { weight_decay: 0.0, beta2: 0.999, eps: 1e-8, ..AdamWConfig::default() })?;
+    let mut step = || -> Result<()> {
+        let out = unet.forward(sample, &timestep, context, Some(labels), Some(mask))?;
+        let loss = (out.narrow(1, 0, 3)? - &noise)?.sqr()?.mean_all()?;
+        let grads = gradients(&loss.backward()?, &vars);
+        optimizer.step(&grads, 1e-4)?;
+        Ok(())
+    };
+    step()?;
+    let mut times = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        step()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times[times.len() / 2];
+    let line = serde_json::json!({
+        "impl": "unclip", "bench": "decoder_train_step", "threads": threads, "batch": batch,
+        "median_ms": median, "images_per_s": batch as f64 / (median / 1e3),
     });
     println!("{line}");
     Ok(())
