@@ -185,21 +185,43 @@ fn decoder_train(args: BenchDecoderArgs) -> Result<()> {
     let threads = candle_core::utils::get_num_threads();
     let device = Device::Cpu;
     let dir = args.dir.join("decoder");
-    let cfg: UNet2DConditionConfig = unclip::checkpoint::read_config(&dir.join("config.json"), "a UNet2DConditionModel config")?;
+    let cfg: UNet2DConditionConfig =
+        unclip::checkpoint::read_config(&dir.join("config.json"), "a UNet2DConditionModel config")?;
     let params = ParamStore::new(0);
     let unet = UNet2DConditionModel::new(&cfg, params.var_builder(&device))?;
-    let weights = unclip::checkpoint::Weights::load(&dir.join("diffusion_pytorch_model.safetensors"), &device)?;
+    let weights = unclip::checkpoint::Weights::load(
+        &dir.join("diffusion_pytorch_model.safetensors"),
+        &device,
+    )?;
     params.load_from(&weights)?;
     let path = args.dir.join("bench_inputs.safetensors");
-    let x = candle_core::safetensors::load(&path, &device).with_context(|| format!("reading {}", path.display()))?;
-    let get = |k: &str| x.get(k).with_context(|| format!("{} lacks `{k}`", path.display()));
+    let x = candle_core::safetensors::load(&path, &device)
+        .with_context(|| format!("reading {}", path.display()))?;
+    let get = |k: &str| {
+        x.get(k)
+            .with_context(|| format!("{} lacks `{k}`", path.display()))
+    };
     let sample = get("sample")?;
     let batch = sample.dim(0)?;
-    let timestep = get("timestep")?.to_dtype(candle_core::DType::F32)?.repeat(batch)?;
-    let (context, labels, mask) = (get("encoder_hidden_states")?, get("class_labels")?, get("attention_mask")?);
+    let timestep = get("timestep")?
+        .to_dtype(candle_core::DType::F32)?
+        .repeat(batch)?;
+    let (context, labels, mask) = (
+        get("encoder_hidden_states")?,
+        get("class_labels")?,
+        get("attention_mask")?,
+    );
     let noise = Tensor::randn(0f32, 1.0, sample.dims(), &device)?;
     let vars = params.vars();
-    let mut optimizer = AdamW::new(vars.clone(), AdamWConfig { weight_decay: 0.0, beta2: 0.999, eps: 1e-8, ..AdamWConfig::default() })?;
+    let mut optimizer = AdamW::new(
+        vars.clone(),
+        AdamWConfig {
+            weight_decay: 0.0,
+            beta2: 0.999,
+            eps: 1e-8,
+            ..AdamWConfig::default()
+        },
+    )?;
     let mut step = || -> Result<()> {
         let out = unet.forward(sample, &timestep, context, Some(labels), Some(mask))?;
         let loss = (out.narrow(1, 0, 3)? - &noise)?.sqr()?.mean_all()?;

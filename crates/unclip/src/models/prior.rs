@@ -4,7 +4,7 @@
 //! Reference: diffusers `models/transformers/prior_transformer.py` (PriorTransformer), v0.42.1.
 
 use super::time_embedding::TimestepEmbedding;
-use crate::checkpoint::{find_weights_file, read_config, Weights};
+use crate::checkpoint::{read_folder, save_folder};
 use crate::error::{Error, Result};
 use crate::nn::{scaled_dot_product_attention, timestep_embedding, Activation, LayerNorm};
 use candle_core::{DType, Device, Module, Tensor, D};
@@ -292,12 +292,8 @@ impl PriorTransformer {
 
     /// Loads a diffusers `prior/` folder.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let cfg: PriorConfig = read_config(&dir.join("config.json"), "a PriorTransformer config")?;
+        let (cfg, weights) = read_folder::<PriorConfig>(dir, "PriorTransformer", device)?;
         cfg.validate()?;
-        let weights = Weights::load(
-            &find_weights_file(dir, &["diffusion_pytorch_model.safetensors"])?,
-            device,
-        )?;
         let model = Self::new(&cfg, weights.var_builder(DType::F32, device))
             .map_err(|e| weights.explain(e))?;
         weights.report_unused();
@@ -306,6 +302,11 @@ impl PriorTransformer {
 
     pub fn config(&self) -> &PriorConfig {
         &self.config
+    }
+
+    /// Writes a diffusers `prior/` folder holding `tensors` (checked against `cfg` first).
+    pub fn save(dir: &Path, cfg: &PriorConfig, tensors: &[(String, Tensor)]) -> Result<()> {
+        save_folder(dir, cfg, tensors, |vb| Self::new(cfg, vb).map(|_| ()))
     }
 
     /// Predicts the (normalised) clean image embedding.

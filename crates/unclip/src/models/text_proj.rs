@@ -4,7 +4,7 @@
 //! the timestep embedding. For guidance, the unconditional half uses a learned null embedding.
 //! Reference: diffusers `pipelines/deprecated/unclip/text_proj.py` (UnCLIPTextProjModel).
 
-use crate::checkpoint::{find_weights_file, read_config, Weights};
+use crate::checkpoint::{read_folder, save_folder};
 use crate::error::Result;
 use crate::nn::LayerNorm;
 use candle_core::{DType, Device, Module, Tensor};
@@ -92,12 +92,7 @@ impl TextProj {
     }
 
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let cfg: TextProjConfig =
-            read_config(&dir.join("config.json"), "an UnCLIPTextProjModel config")?;
-        let weights = Weights::load(
-            &find_weights_file(dir, &["diffusion_pytorch_model.safetensors"])?,
-            device,
-        )?;
+        let (cfg, weights) = read_folder::<TextProjConfig>(dir, "UnCLIPTextProjModel", device)?;
         let model = Self::new(&cfg, weights.var_builder(DType::F32, device))
             .map_err(|e| weights.explain(e))?;
         weights.report_unused();
@@ -106,6 +101,11 @@ impl TextProj {
 
     pub fn config(&self) -> &TextProjConfig {
         &self.config
+    }
+
+    /// Writes a diffusers `text_proj/` folder holding `tensors` (checked against `cfg` first).
+    pub fn save(dir: &Path, cfg: &TextProjConfig, tensors: &[(String, Tensor)]) -> Result<()> {
+        save_folder(dir, cfg, tensors, |vb| Self::new(cfg, vb).map(|_| ()))
     }
 
     /// The learned null image embedding, repeated `batch` times.

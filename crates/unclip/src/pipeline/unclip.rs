@@ -392,7 +392,7 @@ impl UnclipPipeline {
         // Prior: text → image embedding.
         let k = opts.prior_candidates;
         let prior_text = if k > 1 {
-            repeat_candidates(&text, k, guided)?
+            repeat_candidates(&text, k)?
         } else {
             clone_text(&text)
         };
@@ -598,12 +598,11 @@ fn clone_text(t: &EncodedText) -> EncodedText {
 }
 
 /// Repeats each row k times within each (uncond / cond) half, for drawing k prior candidates.
-fn repeat_candidates(t: &EncodedText, k: usize, guided: bool) -> Result<EncodedText> {
+fn repeat_candidates(t: &EncodedText, k: usize) -> Result<EncodedText> {
     let rows = t.embeds.dim(0)?;
     let idx: Vec<u32> = (0..rows as u32)
         .flat_map(|i| std::iter::repeat_n(i, k))
         .collect();
-    let _ = guided;
     let idx = Tensor::new(idx.as_slice(), t.embeds.device())?;
     Ok(EncodedText {
         embeds: t.embeds.index_select(&idx, 0)?,

@@ -9,7 +9,7 @@ use super::conditioning::{
 };
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
-use crate::checkpoint::{save_safetensors, write_config};
+use crate::checkpoint::write_config;
 use crate::diffusion::{
     vlb_loss, NoiseSchedule, NoiseSource, Sampler, SchedulerConfig, VarianceType,
 };
@@ -209,12 +209,10 @@ impl TrainStage for DecoderStage {
             &self.unet_config,
             &Self::split(weights, "decoder."),
         )?;
-        let proj = dir.join("text_proj");
-        std::fs::create_dir_all(&proj).map_err(|e| Error::io(&proj, e))?;
-        write_config(&proj.join("config.json"), &self.text_proj_config)?;
-        save_safetensors(
+        TextProj::save(
+            &dir.join("text_proj"),
+            &self.text_proj_config,
             &Self::split(weights, "text_proj."),
-            &proj.join("diffusion_pytorch_model.safetensors"),
         )?;
         write_config(
             &dir.join("decoder_scheduler").join("scheduler_config.json"),

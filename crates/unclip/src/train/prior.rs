@@ -9,7 +9,7 @@ use super::conditioning::{
 use super::embedding_cache::EmbeddingCache;
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
-use crate::checkpoint::{save_safetensors, write_config};
+use crate::checkpoint::write_config;
 use crate::data::{stream, DataSource, StreamOptions};
 use crate::diffusion::{NoiseSchedule, Prediction, SchedulerConfig};
 use crate::error::{Error, Result};
@@ -215,13 +215,7 @@ impl TrainStage for PriorStage {
     }
 
     fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()> {
-        let prior_dir = dir.join("prior");
-        std::fs::create_dir_all(&prior_dir).map_err(|e| Error::io(&prior_dir, e))?;
-        write_config(&prior_dir.join("config.json"), &self.config)?;
-        save_safetensors(
-            weights,
-            &prior_dir.join("diffusion_pytorch_model.safetensors"),
-        )?;
+        PriorTransformer::save(&dir.join("prior"), &self.config, weights)?;
         write_config(
             &dir.join("prior_scheduler").join("scheduler_config.json"),
             &self.scheduler,

@@ -42,32 +42,10 @@ pub fn fingerprint(params: &[(String, candle_core::Var)]) -> Vec<String> {
         .collect()
 }
 
-/// The newest `step-NNNNNNNN` folder under `out/checkpoints`, if any.
-pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
-    let dir = out.join("checkpoints");
-    let mut steps: Vec<(usize, PathBuf)> = std::fs::read_dir(&dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join(STATE_JSON).is_file())
-        .filter_map(|p| {
-            let n = p
-                .file_name()?
-                .to_str()?
-                .strip_prefix("step-")?
-                .parse()
-                .ok()?;
-            Some((n, p))
-        })
-        .collect();
-    steps.sort();
-    steps.pop().map(|(_, p)| p)
-}
-
-/// Deletes all but the newest `keep` checkpoints.
-pub fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
-    let dir = out.join("checkpoints");
-    let Ok(entries) = std::fs::read_dir(&dir) else {
-        return Ok(());
+/// The `step-NNNNNNNN` folders under `out/checkpoints`, oldest first.
+fn checkpoints(out: &Path) -> Vec<(usize, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(out.join("checkpoints")) else {
+        return Vec::new();
     };
     let mut steps: Vec<(usize, PathBuf)> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -82,6 +60,21 @@ pub fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
         })
         .collect();
     steps.sort();
+    steps
+}
+
+/// The newest complete checkpoint, if any.
+pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
+    checkpoints(out)
+        .into_iter()
+        .rev()
+        .map(|(_, p)| p)
+        .find(|p| p.join(STATE_JSON).is_file())
+}
+
+/// Deletes all but the newest `keep` checkpoints.
+pub fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
+    let steps = checkpoints(out);
     let excess = steps.len().saturating_sub(keep.max(1));
     for (_, path) in steps.into_iter().take(excess) {
         std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;

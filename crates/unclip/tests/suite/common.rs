@@ -74,3 +74,24 @@ pub fn color_folder(tag: &str, per_color: usize) -> PathBuf {
     }
     dir
 }
+
+/// Names of the parameters whose gradient after `loss.backward()` is missing or all zero.
+pub fn without_gradient(params: &unclip::train::ParamStore, loss: &Tensor) -> Vec<String> {
+    let grads = loss.backward().unwrap();
+    params
+        .vars()
+        .into_iter()
+        .filter(|(_, v)| {
+            let g = grads.get(v.as_tensor()).map(|g| {
+                g.abs()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            });
+            g.unwrap_or(0.0).partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        })
+        .map(|(n, _)| n)
+        .collect()
+}

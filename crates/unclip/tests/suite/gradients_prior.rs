@@ -4,26 +4,6 @@ use candle_core::{DType, Device, Tensor};
 use unclip::models::{PriorConfig, PriorTransformer, TextProj, TextProjConfig};
 use unclip::train::ParamStore;
 
-fn missing(params: &ParamStore, loss: &Tensor) -> Vec<String> {
-    let grads = loss.backward().unwrap();
-    params
-        .vars()
-        .into_iter()
-        .filter(|(_, v)| {
-            let g = grads.get(v.as_tensor()).map(|g| {
-                g.abs()
-                    .unwrap()
-                    .sum_all()
-                    .unwrap()
-                    .to_scalar::<f32>()
-                    .unwrap()
-            });
-            g.unwrap_or(0.0).partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
-        })
-        .map(|(n, _)| n)
-        .collect()
-}
-
 #[test]
 fn every_prior_parameter_receives_a_gradient() {
     let dev = Device::Cpu;
@@ -55,7 +35,7 @@ fn every_prior_parameter_receives_a_gradient() {
         .unwrap()
         .mean_all()
         .unwrap();
-    let missing = missing(&params, &loss);
+    let missing = crate::common::without_gradient(&params, &loss);
     assert!(params.len() > 20);
     // Positional rows of masked-out padding tokens still feed the unmasked later tokens through
     // the causal attention, so every parameter must be reached.
@@ -89,7 +69,7 @@ fn every_text_proj_parameter_receives_a_gradient() {
             .mean_all()
             .unwrap())
     .unwrap();
-    let missing = missing(&params, &loss);
+    let missing = crate::common::without_gradient(&params, &loss);
     assert!(
         missing.is_empty(),
         "text_proj parameters without gradient: {missing:?}"

@@ -8,29 +8,7 @@ use unclip::models::unet::{
 };
 use unclip::train::ParamStore;
 
-/// Names of parameters whose gradient is missing or all zero.
-fn without_gradient(params: &ParamStore, loss: &Tensor) -> Vec<String> {
-    let grads = loss.backward().unwrap();
-    params
-        .vars()
-        .into_iter()
-        .filter(|(_, var)| {
-            let norm = grads
-                .get(var.as_tensor())
-                .map(|g| {
-                    g.abs()
-                        .unwrap()
-                        .sum_all()
-                        .unwrap()
-                        .to_scalar::<f32>()
-                        .unwrap()
-                })
-                .unwrap_or(0.0);
-            norm.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
-        })
-        .map(|(name, _)| name)
-        .collect()
-}
+use crate::common::without_gradient;
 
 /// A loss that weighs every output element differently, so nothing cancels.
 fn weighted_sum(out: &Tensor, seed: u64) -> Tensor {

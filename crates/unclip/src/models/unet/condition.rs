@@ -14,9 +14,9 @@ use super::blocks::{
     UpBlock, UpBlockKind,
 };
 use super::config::{parse_activation, ClassEmbedding, PerBlock, UNet2DConditionConfig};
-use super::folder::{read_folder, save_folder};
 use super::resnet::ResnetSpec;
 use super::time::{batch_timesteps, with_class_labels, TimeEmbedding, TimeSpec};
+use crate::checkpoint::{read_folder, save_folder};
 use crate::error::Result as CrateResult;
 use crate::nn::{Activation, GroupNorm};
 use candle_core::{DType, Device, Module, Result, Tensor};

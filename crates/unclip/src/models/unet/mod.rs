@@ -10,12 +10,11 @@ pub mod attention;
 pub mod blocks;
 mod condition;
 mod config;
-mod folder;
 mod plain;
 pub mod resnet;
 mod time;
 
+pub use crate::checkpoint::{DIFFUSERS_CONFIG as CONFIG_FILE, DIFFUSERS_WEIGHTS as WEIGHTS_FILE};
 pub use condition::{UNet2DConditionModel, MASK_BIAS};
 pub use config::{ClassEmbedding, PerBlock, SampleSize, UNet2DConditionConfig, UNet2DConfig};
-pub use folder::{CONFIG_FILE, WEIGHTS_FILE};
 pub use plain::UNet2DModel;

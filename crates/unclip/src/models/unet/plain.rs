@@ -9,9 +9,9 @@
 use super::attention::AttentionSpec;
 use super::blocks::{check_sample, BlockInputs, BlockSpec, DownBlock, MidBlock, UpBlock};
 use super::config::{ClassEmbedding, UNet2DConfig};
-use super::folder::{read_folder, save_folder};
 use super::resnet::{ResnetSpec, TimeScaleShift};
 use super::time::{batch_timesteps, with_class_labels, TimeEmbedding, TimeSpec};
+use crate::checkpoint::{read_folder, save_folder};
 use crate::error::Result as CrateResult;
 use crate::nn::{Activation, GroupNorm};
 use candle_core::{DType, Device, Module, Result, Tensor};

@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-pub const CONFIG_FILE: &str = "config.json";
-pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
+pub const DIFFUSERS_CONFIG: &str = "config.json";
+pub const DIFFUSERS_WEIGHTS: &str = "diffusion_pytorch_model.safetensors";
 
 /// Reads a folder's config (checking its `_class_name`) and weights.
 pub fn read_folder<C: DeserializeOwned + Serialize>(
@@ -19,11 +19,11 @@ pub fn read_folder<C: DeserializeOwned + Serialize>(
     class_name: &'static str,
     device: &Device,
 ) -> Result<(C, Arc<Weights>)> {
-    let config_path = dir.join(CONFIG_FILE);
+    let config_path = dir.join(DIFFUSERS_CONFIG);
     if !config_path.is_file() {
         return Err(Error::Checkpoint {
             path: dir.to_path_buf(),
-            message: format!("no {CONFIG_FILE}: not a diffusers {class_name} folder"),
+            message: format!("no {DIFFUSERS_CONFIG}: not a diffusers {class_name} folder"),
         });
     }
     let raw: serde_json::Value = read_config(&config_path, class_name)?;
@@ -36,7 +36,7 @@ pub fn read_folder<C: DeserializeOwned + Serialize>(
         }
     }
     let config: C = read_config(&config_path, class_name)?;
-    let weights = Weights::load(&find_weights_file(dir, &[WEIGHTS_FILE])?, device)?;
+    let weights = Weights::load(&find_weights_file(dir, &[DIFFUSERS_WEIGHTS])?, device)?;
     Ok((config, weights))
 }
 
@@ -58,6 +58,6 @@ pub fn save_folder<C: Serialize>(
         message: format!("the tensors to save do not match the config: {e}"),
     })?;
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    write_config(&dir.join(CONFIG_FILE), config)?;
-    save_safetensors(tensors, &dir.join(WEIGHTS_FILE))
+    write_config(&dir.join(DIFFUSERS_CONFIG), config)?;
+    save_safetensors(tensors, &dir.join(DIFFUSERS_WEIGHTS))
 }
