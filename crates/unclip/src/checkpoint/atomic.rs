@@ -29,7 +29,22 @@ pub fn write_atomic_with(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -
         let _ = std::fs::remove_file(&tmp);
         return Err(err);
     }
+    readable_by_all(&tmp)?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+}
+
+/// Some writers (the safetensors crate) create files readable by their owner only; a model
+/// folder is meant to be shared, so files get the usual rw-r--r--.
+#[cfg(unix)]
+fn readable_by_all(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+        .map_err(|e| Error::io(path, e))
+}
+
+#[cfg(not(unix))]
+fn readable_by_all(_: &Path) -> Result<()> {
+    Ok(())
 }
 
 /// Builds a directory with `fill` under a temporary name and swaps it in place of `dir`.
@@ -71,6 +86,12 @@ mod tests {
         let failed = write_atomic_with(&path, |_| Err(Error::InvalidInput("disk full".into())));
         assert!(failed.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"old");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o644, "saved files are readable by all");
+        }
         let leftovers = std::fs::read_dir(&dir).unwrap().count();
         assert_eq!(leftovers, 1, "no temporary file is left behind");
         let sub = dir.join("ckpt");
