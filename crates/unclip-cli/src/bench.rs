@@ -74,11 +74,7 @@ fn time_it(
 }
 
 fn clip(args: BenchClipArgs) -> Result<()> {
-    if let Some(t) = args.threads {
-        // SAFETY: set before any thread pool exists; this is the process's first candle work.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", t.to_string()) };
-    }
-    let threads = candle_core::utils::get_num_threads();
+    let threads = use_threads(args.threads);
     let device = Device::Cpu;
     let model = ClipModel::load(&args.model, &device)?;
     let text_cfg = model.text_config()?.clone();
@@ -126,39 +122,74 @@ fn clip(args: BenchClipArgs) -> Result<()> {
     Ok(())
 }
 
-fn decoder(args: BenchDecoderArgs) -> Result<()> {
-    if let Some(t) = args.threads {
+/// The inputs `unclip_decoder.py --save` recorded, as the decoder takes them.
+struct DecoderInputs {
+    sample: Tensor,
+    timestep: Tensor,
+    context: Tensor,
+    labels: Tensor,
+    mask: Tensor,
+    output: Tensor,
+}
+
+impl DecoderInputs {
+    fn load(dir: &std::path::Path, device: &Device) -> Result<Self> {
+        let path = dir.join("bench_inputs.safetensors");
+        let x = candle_core::safetensors::load(&path, device)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let get = |k: &str| {
+            x.get(k)
+                .cloned()
+                .with_context(|| format!("{} lacks `{k}`", path.display()))
+        };
+        let sample = get("sample")?;
+        let batch = sample.dim(0)?;
+        Ok(Self {
+            timestep: get("timestep")?
+                .to_dtype(candle_core::DType::F32)?
+                .repeat(batch)?,
+            sample,
+            context: get("encoder_hidden_states")?,
+            labels: get("class_labels")?,
+            mask: get("attention_mask")?,
+            output: get("output")?,
+        })
+    }
+
+    fn forward(&self, unet: &unclip::models::unet::UNet2DConditionModel) -> Result<Tensor> {
+        Ok(unet.forward(
+            &self.sample,
+            &self.timestep,
+            &self.context,
+            Some(&self.labels),
+            Some(&self.mask),
+        )?)
+    }
+}
+
+/// Sets the CPU thread count before any candle work, and reports it.
+fn use_threads(threads: Option<usize>) -> usize {
+    if let Some(t) = threads {
         // SAFETY: set before any thread pool exists; this is the process's first candle work.
         unsafe { std::env::set_var("RAYON_NUM_THREADS", t.to_string()) };
     }
-    let threads = candle_core::utils::get_num_threads();
+    candle_core::utils::get_num_threads()
+}
+
+fn decoder(args: BenchDecoderArgs) -> Result<()> {
+    let threads = use_threads(args.threads);
     let device = Device::Cpu;
     let unet =
         unclip::models::unet::UNet2DConditionModel::load(&args.dir.join("decoder"), &device)?;
-    let path = args.dir.join("bench_inputs.safetensors");
-    let x = candle_core::safetensors::load(&path, &device)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let get = |k: &str| {
-        x.get(k)
-            .with_context(|| format!("{} lacks `{k}`", path.display()))
-    };
-    let sample = get("sample")?;
-    let batch = sample.dim(0)?;
-    let timestep = get("timestep")?
-        .to_dtype(candle_core::DType::F32)?
-        .repeat(batch)?;
-    let (context, labels, mask) = (
-        get("encoder_hidden_states")?,
-        get("class_labels")?,
-        get("attention_mask")?,
-    );
-    let run = || unet.forward(sample, &timestep, context, Some(labels), Some(mask));
+    let inputs = DecoderInputs::load(&args.dir, &device)?;
+    let run = || inputs.forward(&unet);
     let out = run()?;
-    let diff = (&out - get("output")?)?
+    let diff = (&out - &inputs.output)?
         .abs()?
         .flatten_all()?
         .max(0)?
         .to_scalar::<f32>()?;
+    let (sample, batch) = (&inputs.sample, inputs.sample.dim(0)?);
     let mut times = Vec::new();
     for _ in 0..args.runs.max(1) {
         let t = Instant::now();
@@ -176,41 +207,20 @@ fn decoder(args: BenchDecoderArgs) -> Result<()> {
 }
 
 fn decoder_train(args: BenchDecoderArgs) -> Result<()> {
-    use unclip::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+    use unclip::models::unet::UNet2DConditionModel;
     use unclip::train::{gradients, AdamW, AdamWConfig, ParamStore};
-    if let Some(t) = args.threads {
-        // SAFETY: set before any thread pool exists; this is the process's first candle work.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", t.to_string()) };
-    }
-    let threads = candle_core::utils::get_num_threads();
+    let threads = use_threads(args.threads);
     let device = Device::Cpu;
-    let dir = args.dir.join("decoder");
-    let cfg: UNet2DConditionConfig =
-        unclip::checkpoint::read_config(&dir.join("config.json"), "a UNet2DConditionModel config")?;
-    let params = ParamStore::new(0);
-    let unet = UNet2DConditionModel::new(&cfg, params.var_builder(&device))?;
-    let weights = unclip::checkpoint::Weights::load(
-        &dir.join("diffusion_pytorch_model.safetensors"),
+    let (cfg, weights) = unclip::checkpoint::read_folder(
+        &args.dir.join("decoder"),
+        "UNet2DConditionModel",
         &device,
     )?;
+    let params = ParamStore::new(0);
+    let unet = UNet2DConditionModel::new(&cfg, params.var_builder(&device))?;
     params.load_from(&weights)?;
-    let path = args.dir.join("bench_inputs.safetensors");
-    let x = candle_core::safetensors::load(&path, &device)
-        .with_context(|| format!("reading {}", path.display()))?;
-    let get = |k: &str| {
-        x.get(k)
-            .with_context(|| format!("{} lacks `{k}`", path.display()))
-    };
-    let sample = get("sample")?;
-    let batch = sample.dim(0)?;
-    let timestep = get("timestep")?
-        .to_dtype(candle_core::DType::F32)?
-        .repeat(batch)?;
-    let (context, labels, mask) = (
-        get("encoder_hidden_states")?,
-        get("class_labels")?,
-        get("attention_mask")?,
-    );
+    let inputs = DecoderInputs::load(&args.dir, &device)?;
+    let (sample, batch) = (&inputs.sample, inputs.sample.dim(0)?);
     let noise = Tensor::randn(0f32, 1.0, sample.dims(), &device)?;
     let vars = params.vars();
     let mut optimizer = AdamW::new(
@@ -223,7 +233,7 @@ fn decoder_train(args: BenchDecoderArgs) -> Result<()> {
         },
     )?;
     let mut step = || -> Result<()> {
-        let out = unet.forward(sample, &timestep, context, Some(labels), Some(mask))?;
+        let out = inputs.forward(&unet)?;
         let loss = (out.narrow(1, 0, 3)? - &noise)?.sqr()?.mean_all()?;
         let grads = gradients(&loss.backward()?, &vars);
         optimizer.step(&grads, 1e-4)?;
