@@ -372,3 +372,32 @@ pub fn check_sample(sample: &Tensor, in_channels: usize, downsamplers: usize) ->
     }
     Ok(b)
 }
+
+/// The U-Net's body, shared by both models: down blocks keeping every intermediate state for
+/// the skip connections, the middle block, then up blocks consuming the skips from the end.
+pub fn unet_body(
+    xs: Tensor,
+    down: &[DownBlock],
+    mid: Option<&MidBlock>,
+    up: &[UpBlock],
+    inputs: &BlockInputs,
+) -> Result<Tensor> {
+    let mut xs = xs;
+    let mut skips = vec![xs.clone()];
+    for block in down {
+        let (out, states) = block.forward(&xs, inputs)?;
+        skips.extend(states);
+        xs = out;
+    }
+    if let Some(mid) = mid {
+        xs = mid.forward(&xs, inputs)?;
+    }
+    for block in up {
+        let rest = skips.len().checked_sub(block.num_skips()).ok_or_else(|| {
+            candle_core::Error::Msg("U-Net skip connections do not line up".into())
+        })?;
+        xs = block.forward(&xs, &skips[rest..], inputs)?;
+        skips.truncate(rest);
+    }
+    Ok(xs)
+}

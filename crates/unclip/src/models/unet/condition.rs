@@ -10,8 +10,8 @@
 
 use super::attention::AttentionSpec;
 use super::blocks::{
-    check_sample, BlockInputs, BlockSpec, DownBlock, DownBlockKind, MidBlock, MidBlockKind,
-    UpBlock, UpBlockKind,
+    check_sample, unet_body, BlockInputs, BlockSpec, DownBlock, DownBlockKind, MidBlock,
+    MidBlockKind, UpBlock, UpBlockKind,
 };
 use super::config::{parse_activation, ClassEmbedding, PerBlock, UNet2DConditionConfig};
 use super::resnet::ResnetSpec;
@@ -337,27 +337,15 @@ impl UNet2DConditionModel {
             encoder_mask: mask.as_ref(),
         };
 
-        // 3. Down, keeping every intermediate state for the skip connections.
-        let mut xs = self.conv_in.forward(&sample)?;
-        let mut skips = vec![xs.clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&xs, &inputs)?;
-            skips.extend(states);
-            xs = out;
-        }
-        // 4. Middle.
-        if let Some(mid) = &self.mid_block {
-            xs = mid.forward(&xs, &inputs)?;
-        }
-        // 5. Up, consuming the skips from the end.
-        for block in &self.up_blocks {
-            let take = block.num_skips();
-            let rest = skips.len().checked_sub(take).ok_or_else(|| {
-                candle_core::Error::Msg("U-Net skip connections do not line up".into())
-            })?;
-            xs = block.forward(&xs, &skips[rest..], &inputs)?;
-            skips.truncate(rest);
-        }
+        // 3-5. Down, middle, up (see `unet_body`).
+        let xs = self.conv_in.forward(&sample)?;
+        let xs = unet_body(
+            xs,
+            &self.down_blocks,
+            self.mid_block.as_ref(),
+            &self.up_blocks,
+            &inputs,
+        )?;
         // 6. Out.
         let xs = self.conv_act.forward(&self.conv_norm_out.forward(&xs)?)?;
         self.conv_out.forward(&xs)

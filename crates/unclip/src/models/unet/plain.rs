@@ -7,7 +7,9 @@
 //! blocks (`ResnetDownsampleBlock2D`, `DownBlock2D` and their mirrors) and the plain mid block.
 
 use super::attention::AttentionSpec;
-use super::blocks::{check_sample, BlockInputs, BlockSpec, DownBlock, MidBlock, UpBlock};
+use super::blocks::{
+    check_sample, unet_body, BlockInputs, BlockSpec, DownBlock, MidBlock, UpBlock,
+};
 use super::config::{ClassEmbedding, UNet2DConfig};
 use super::resnet::{ResnetSpec, TimeScaleShift};
 use super::time::{batch_timesteps, with_class_labels, TimeEmbedding, TimeSpec};
@@ -206,24 +208,14 @@ impl UNet2DModel {
             encoder_mask: None,
         };
 
-        let mut xs = self.conv_in.forward(&sample)?;
-        let mut skips = vec![xs.clone()];
-        for block in &self.down_blocks {
-            let (out, states) = block.forward(&xs, &inputs)?;
-            skips.extend(states);
-            xs = out;
-        }
-        if let Some(mid) = &self.mid_block {
-            xs = mid.forward(&xs, &inputs)?;
-        }
-        for block in &self.up_blocks {
-            let take = block.num_skips();
-            let rest = skips.len().checked_sub(take).ok_or_else(|| {
-                candle_core::Error::Msg("U-Net skip connections do not line up".into())
-            })?;
-            xs = block.forward(&xs, &skips[rest..], &inputs)?;
-            skips.truncate(rest);
-        }
+        let xs = self.conv_in.forward(&sample)?;
+        let xs = unet_body(
+            xs,
+            &self.down_blocks,
+            self.mid_block.as_ref(),
+            &self.up_blocks,
+            &inputs,
+        )?;
         let xs = self.conv_norm_out.forward(&xs)?.silu()?;
         self.conv_out.forward(&xs)
     }
