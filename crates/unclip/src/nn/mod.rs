@@ -8,8 +8,10 @@
 mod activation;
 mod attention;
 mod embedding;
+mod flash_attention;
 mod norm;
 mod resample;
+mod simd;
 mod softmax;
 
 pub use activation::{quick_gelu, sigmoid, Activation};
