@@ -1,16 +1,29 @@
-//! softmax and log-softmax from primitives that record their backward ops (candle's fused
-//! `softmax_last_dim` records none). When no gradient can flow (`track_op()` is false: sampling,
-//! or inputs built only from loaded weights), the fused kernel is used instead: one pass over
-//! memory instead of five, which matters for the U-Net's 4096 x 4177 attention maps.
+//! softmax and log-softmax with gradients (candle's fused `softmax_last_dim` records none). f32
+//! CPU tensors take our fused kernel (`softmax_kernel`), which has its own backward. Elsewhere,
+//! when no gradient can flow (`track_op()` is false: sampling, or inputs built only from loaded
+//! weights), candle's fused kernel is used: one pass over memory instead of five, which matters
+//! for the U-Net's 4096 x 4177 attention maps; otherwise the composition of primitives below.
 
-use candle_core::{Result, Tensor, D};
+use super::softmax_kernel::SoftmaxOp;
+use candle_core::{DType, Result, Tensor, D};
+
+fn fused_kernel_applies(xs: &Tensor) -> bool {
+    xs.device().is_cpu() && xs.dtype() == DType::F32
+}
 
 /// softmax over the last dimension. The max is detached: softmax is shift invariant, so the
 /// shift carries no gradient.
 pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if fused_kernel_applies(xs) {
+        return xs.contiguous()?.apply_op1(SoftmaxOp::softmax());
+    }
     if !xs.track_op() {
         return candle_nn::ops::softmax_last_dim(&xs.contiguous()?);
     }
+    softmax_composed(xs)
+}
+
+fn softmax_composed(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let exp = xs.broadcast_sub(&max)?.exp()?;
     exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
@@ -18,6 +31,13 @@ pub fn softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
 
 /// log(softmax(x)) over the last dimension, computed stably as x - max - log Σ exp(x - max).
 pub fn log_softmax_last_dim(xs: &Tensor) -> Result<Tensor> {
+    if fused_kernel_applies(xs) {
+        return xs.contiguous()?.apply_op1(SoftmaxOp::log_softmax());
+    }
+    log_softmax_composed(xs)
+}
+
+fn log_softmax_composed(xs: &Tensor) -> Result<Tensor> {
     let max = xs.max_keepdim(D::Minus1)?.detach();
     let shifted = xs.broadcast_sub(&max)?;
     let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
@@ -45,6 +65,49 @@ mod tests {
         let g = grads.get(x.as_tensor()).expect("softmax gradient");
         assert!(g.abs()?.sum_all()?.to_scalar::<f32>()? > 0.0);
         Ok(())
+    }
+
+    fn compare(
+        fused: impl Fn(&Tensor) -> Result<Tensor>,
+        composed: impl Fn(&Tensor) -> Result<Tensor>,
+    ) -> Result<()> {
+        let dev = Device::Cpu;
+        for shape in [vec![3usize, 5, 37], vec![2, 300], vec![4, 1]] {
+            let base = (Tensor::rand(-4f32, 4f32, shape.as_slice(), &dev)? + 30.0)?;
+            // Non-contiguous too: the transpose of a (D, rows) matrix.
+            let d = *shape.last().expect("rank >= 1");
+            let strided = Tensor::rand(-4f32, 4f32, (d, 6), &dev)?.t()?;
+            for x in [base, strided] {
+                let var = Var::from_tensor(&x)?;
+                let y_fused = fused(var.as_tensor())?;
+                let y_ref = composed(var.as_tensor())?;
+                let scale = y_ref.abs()?.max_all()?.to_scalar::<f32>()?;
+                let diff = (&y_fused - &y_ref)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(diff <= 2e-6 * scale.max(1.0), "forward {shape:?}: {diff}");
+                let r = Tensor::rand(-1f32, 1f32, y_ref.dims(), &dev)?;
+                let g_fused = (&y_fused * &r)?.sum_all()?.backward()?;
+                let g_ref = (&y_ref * &r)?.sum_all()?.backward()?;
+                let a = g_fused.get(var.as_tensor()).expect("fused gradient");
+                let b = g_ref.get(var.as_tensor()).expect("reference gradient");
+                let scale = b.abs()?.max_all()?.to_scalar::<f32>()?;
+                let diff = (a - b)?.abs()?.max_all()?.to_scalar::<f32>()?;
+                assert!(
+                    diff <= 2e-5 * scale.max(1e-3),
+                    "gradient {shape:?}: {diff} (scale {scale})"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn fused_softmax_matches_composed_with_gradients() -> Result<()> {
+        compare(softmax_last_dim, softmax_composed)
+    }
+
+    #[test]
+    fn fused_log_softmax_matches_composed_with_gradients() -> Result<()> {
+        compare(log_softmax_last_dim, log_softmax_composed)
     }
 
     #[test]
