@@ -3,6 +3,7 @@
 //! the composition of differentiable primitives below, which is also the kernels' reference.
 //! Statistics are computed as PyTorch does: biased variance, eps added inside the square root.
 
+use super::activation::Activation;
 use super::group_norm_kernel::GroupNormOp;
 use super::layer_norm_kernel::LayerNormOp;
 use candle_core::{DType, Result, Tensor, D};
@@ -170,7 +171,7 @@ pub fn group_norm_silu(
 }
 
 /// group_norm(x) · (1 + scale) + shift, then SiLU when `silu`: the adaptive group norm of the
-/// improved-DDPM ResNet block (scale and shift (B, C), from the time embedding). On the fused
+/// improved-DDPM ResNet block (scale and shift (B, C) or (1, C), from the time embedding). On the fused
 /// path the modulation folds into a per-(batch, channel) affine transform:
 /// (x̂ w + b)(1 + s) + t = x̂ · w(1 + s) + (b(1 + s) + t).
 #[allow(clippy::too_many_arguments)]
@@ -185,15 +186,20 @@ pub fn group_norm_scale_shift(
     silu: bool,
 ) -> Result<Tensor> {
     let (batch, channels) = check_groups(xs, num_groups)?;
+    let mut modulation = Vec::with_capacity(2);
     for (name, t) in [("scale", scale), ("shift", shift)] {
-        if t.dims() != [batch, channels] {
+        let fits = t.rank() == 2 && t.dim(1)? == channels && [1, batch].contains(&t.dim(0)?);
+        if !fits {
             candle_core::bail!(
-                "group_norm_scale_shift: {name} must be (batch, channels) = ({batch}, {channels}), got {:?}",
+                "group_norm_scale_shift: {name} must be (batch, channels) = ({batch}, {channels}) \
+                 or (1, {channels}), got {:?}",
                 t.dims()
             );
         }
+        modulation.push(t.broadcast_as((batch, channels))?);
     }
-    let gain = (scale + 1.0)?; // (B, C)
+    let gain = (&modulation[0] + 1.0)?; // (B, C)
+    let shift = &modulation[1];
     if fused_kernel_applies(&[xs, weight, bias, scale, shift]) {
         let weight = weight.reshape((1, channels))?.broadcast_mul(&gain)?;
         let bias = bias
@@ -273,6 +279,14 @@ impl GroupNorm {
     /// silu(GroupNorm(x)), fused.
     pub fn forward_silu(&self, xs: &Tensor) -> Result<Tensor> {
         group_norm_silu(xs, self.num_groups, &self.weight, &self.bias, self.eps)
+    }
+
+    /// act(GroupNorm(x)), fused when `act` is SiLU.
+    pub fn forward_act(&self, xs: &Tensor, act: Activation) -> Result<Tensor> {
+        match act {
+            Activation::Silu => self.forward_silu(xs),
+            other => other.forward(&self.forward(xs)?),
+        }
     }
 
     /// GroupNorm(x) · (1 + scale) + shift, then SiLU when `silu`; scale and shift are (B, C).
