@@ -193,16 +193,15 @@ impl CustomOp3 for GroupNormOp {
                     let (m1, m2) = (sum_wdz / n, sum_wdz_xhat / n);
                     let q = rstd * rstd * m2;
                     let r = mean * q - rstd * m1;
-                    for ch in 0..cg {
-                        let range = ch * s..(ch + 1) * s;
-                        let p = rstd * wb[ch];
-                        let (dxrow, xrow) = (&mut dxb[range.clone()], &xb[range.clone()]);
+                    let rows = dxb.chunks_exact_mut(s).zip(xb.chunks_exact(s));
+                    for ((dxrow, xrow), (dyrow, &wv)) in rows.zip(dyb.chunks_exact(s).zip(wb)) {
+                        let p = rstd * wv;
                         if self.silu {
                             for (d, &xv) in dxrow.iter_mut().zip(xrow) {
                                 *d = p * *d - q * xv + r;
                             }
                         } else {
-                            for ((d, &xv), &g) in dxrow.iter_mut().zip(xrow).zip(&dyb[range]) {
+                            for ((d, &xv), &g) in dxrow.iter_mut().zip(xrow).zip(dyrow) {
                                 *d = p * g - q * xv + r;
                             }
                         }

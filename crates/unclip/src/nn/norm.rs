@@ -366,7 +366,7 @@ mod tests {
     ) -> Result<()> {
         let vars = inputs
             .iter()
-            .map(|t| Var::from_tensor(t))
+            .map(Var::from_tensor)
             .collect::<Result<Vec<_>>>()?;
         let tensors: Vec<Tensor> = vars.iter().map(|v| v.as_tensor().clone()).collect();
         let y_fused = fused(&tensors)?;
@@ -517,6 +517,75 @@ mod tests {
         assert!(group_norm_scale_shift(&x, 3, &w, &b, &s, &s, 1e-6, true).is_err());
         let wrong = Tensor::zeros((1, 3), DType::F32, &dev)?;
         assert!(group_norm_scale_shift(&x, 2, &w, &b, &wrong, &s, 1e-6, true).is_err());
+        Ok(())
+    }
+}
+
+/// Kernel timings against the composed version (not a test; run by hand, release build):
+/// `cargo test --release -p unclip --lib nn::norm::timing -- --ignored --nocapture`.
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use candle_core::{Device, Var};
+    use std::time::Instant;
+
+    /// Median milliseconds of `f` over `runs` runs after one warm-up.
+    fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        f()?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let start = Instant::now();
+            f()?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[runs / 2])
+    }
+
+    fn forward_backward(inputs: &[Var], f: &dyn Fn(&[Tensor]) -> Result<Tensor>) -> Result<()> {
+        let tensors: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().clone()).collect();
+        let grads = f(&tensors)?.sum_all()?.backward()?;
+        assert!(grads.get(inputs[0].as_tensor()).is_some());
+        Ok(())
+    }
+
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn timing() -> Result<()> {
+        let dev = Device::Cpu;
+        let var = |shape: &[usize]| Var::from_tensor(&Tensor::rand(-1f32, 1f32, shape, &dev)?);
+        // The decoder bench's largest ResNet activation: (2, 64, 64, 64), 32 groups.
+        let gn = [var(&[2, 64, 64, 64])?, var(&[64])?, var(&[64])?];
+        let ln = [var(&[2 * 81, 256])?, var(&[256])?, var(&[256])?];
+        type Case<'a> = (&'a str, &'a [Var], Box<dyn Fn(&[Tensor]) -> Result<Tensor>>);
+        let cases: Vec<Case> = vec![
+            (
+                "group_norm+silu composed",
+                &gn,
+                Box::new(|t: &[Tensor]| group_norm_composed(&t[0], 32, &t[1], &t[2], 1e-5)?.silu()),
+            ),
+            (
+                "group_norm+silu fused",
+                &gn,
+                Box::new(|t: &[Tensor]| group_norm_silu(&t[0], 32, &t[1], &t[2], 1e-5)),
+            ),
+            (
+                "layer_norm composed",
+                &ln,
+                Box::new(|t: &[Tensor]| layer_norm_composed(&t[0], &t[1], Some(&t[2]), 1e-5)),
+            ),
+            (
+                "layer_norm fused",
+                &ln,
+                Box::new(|t: &[Tensor]| layer_norm(&t[0], &t[1], Some(&t[2]), 1e-5)),
+            ),
+        ];
+        for (name, inputs, f) in &cases {
+            let tensors: Vec<Tensor> = inputs.iter().map(|v| v.as_tensor().detach()).collect();
+            let fwd = median_ms(9, || f(&tensors).map(|_| ()))?;
+            let both = median_ms(9, || forward_backward(inputs, f.as_ref()))?;
+            println!("{name:>26}: forward {fwd:8.3} ms, forward+backward {both:8.3} ms");
+        }
         Ok(())
     }
 }

@@ -120,3 +120,46 @@ mod tests {
         Ok(())
     }
 }
+
+/// Kernel timings against the composed version (not a test; run by hand, release build):
+/// `cargo test --release -p unclip --lib nn::softmax::timing -- --ignored --nocapture`.
+#[cfg(test)]
+mod timing {
+    use super::*;
+    use candle_core::{Device, Var};
+    use std::time::Instant;
+
+    fn median_ms(runs: usize, mut f: impl FnMut() -> Result<()>) -> Result<f64> {
+        f()?;
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let start = Instant::now();
+            f()?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times[runs / 2])
+    }
+
+    #[test]
+    #[ignore = "timing, run by hand"]
+    fn timing() -> Result<()> {
+        // The decoder bench's top-level attention map: batch 2 x 2 heads, 1024 queries, 1105 keys.
+        let x = Var::from_tensor(&Tensor::rand(-3f32, 3f32, (4, 1024, 1105), &Device::Cpu)?)?;
+        let fused = |t: &Tensor| softmax_last_dim(t);
+        let composed = |t: &Tensor| softmax_composed(t);
+        type Kernel<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+        let cases: [(&str, Kernel); 2] =
+            [("softmax composed", &composed), ("softmax fused", &fused)];
+        for (name, f) in cases {
+            let fwd = median_ms(9, || f(&x.as_tensor().detach()).map(|_| ()))?;
+            let both = median_ms(9, || {
+                let grads = f(x.as_tensor())?.sqr()?.sum_all()?.backward()?;
+                assert!(grads.get(x.as_tensor()).is_some());
+                Ok(())
+            })?;
+            println!("{name:>18}: forward {fwd:8.3} ms, forward+backward (+ sqr) {both:8.3} ms");
+        }
+        Ok(())
+    }
+}
