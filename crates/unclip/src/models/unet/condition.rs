@@ -347,7 +347,7 @@ impl UNet2DConditionModel {
             &inputs,
         )?;
         // 6. Out.
-        let xs = self.conv_act.forward(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward_act(&xs, self.conv_act)?;
         self.conv_out.forward(&xs)
     }
 }

@@ -216,7 +216,7 @@ impl UNet2DModel {
             &self.up_blocks,
             &inputs,
         )?;
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }

@@ -126,7 +126,7 @@ impl ResnetBlock2D {
     /// xs: (B, C_in, H, W), temb: (B, T) → (B, C_out, H', W').
     pub fn forward(&self, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let act = self.spec.act;
-        let h = act.forward(&self.norm1.forward(xs)?)?;
+        let h = self.norm1.forward_act(xs, act)?; // norm then activation, fused for SiLU
         let (skip, h) = (self.resample(xs)?, self.resample(&h)?);
         let h = self.conv1.forward(&h)?;
         let temb = if self.spec.skip_time_act {
@@ -134,23 +134,27 @@ impl ResnetBlock2D {
         } else {
             act.forward(temb)?
         };
-        let temb = self
-            .time_emb_proj
-            .forward(&temb)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?; // (B, T', 1, 1)
+        let temb = self.time_emb_proj.forward(&temb)?; // (B, T')
         let h = match self.spec.time_shift {
-            TimeScaleShift::Default => self.norm2.forward(&h.broadcast_add(&temb)?)?,
+            TimeScaleShift::Default => {
+                let temb = temb.unsqueeze(2)?.unsqueeze(3)?; // (B, C, 1, 1)
+                self.norm2.forward_act(&h.broadcast_add(&temb)?, act)?
+            }
             TimeScaleShift::ScaleShift => {
                 let c = temb.dim(1)? / 2;
-                let (scale, shift) = (temb.narrow(1, 0, c)?, temb.narrow(1, c, c)?);
-                self.norm2
-                    .forward(&h)?
-                    .broadcast_mul(&(scale + 1.0)?)?
-                    .broadcast_add(&shift)?
+                let (scale, shift) = (temb.narrow(1, 0, c)?, temb.narrow(1, c, c)?); // (B, C)
+                let fuse_silu = act == Activation::Silu;
+                let h = self
+                    .norm2
+                    .forward_scale_shift(&h, &scale, &shift, fuse_silu)?;
+                if fuse_silu {
+                    h
+                } else {
+                    act.forward(&h)?
+                }
             }
         };
-        let h = self.conv2.forward(&act.forward(&h)?)?;
+        let h = self.conv2.forward(&h)?;
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(&skip)?,
             None => skip,
