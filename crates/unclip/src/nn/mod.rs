@@ -7,6 +7,7 @@
 
 mod activation;
 mod attention;
+mod conv;
 mod embedding;
 mod norm;
 mod resample;
@@ -14,6 +15,7 @@ mod softmax;
 
 pub use activation::{quick_gelu, sigmoid, Activation};
 pub use attention::{causal_mask, padding_mask, scaled_dot_product_attention, MASKED};
+pub use conv::{conv2d, Conv2d, Conv2dConfig};
 pub use embedding::timestep_embedding;
 pub use norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
 pub use resample::{avg_pool_2x, upsample_nearest_2x};
