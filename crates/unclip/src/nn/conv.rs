@@ -1165,4 +1165,53 @@ mod tests {
         assert!(d < 1e-5, "f64 differs by {d}");
         Ok(())
     }
+
+    /// Timing against candle on the decoder bench's convolution shapes (batch 2):
+    /// `cargo test --release -p unclip --lib nn::conv::tests::timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, not a check"]
+    fn timing() -> Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let time = |f: &mut dyn FnMut() -> Result<()>| -> Result<f64> {
+            f()?;
+            let mut best = f64::MAX;
+            for _ in 0..3 {
+                let start = std::time::Instant::now();
+                f()?;
+                best = best.min(start.elapsed().as_secs_f64() * 1e3);
+            }
+            Ok(best)
+        };
+        println!("threads {}", threads());
+        // (cin, cout, size, k, stride, padding)
+        let shapes = [
+            (64, 64, 64, 3, 1, 1),
+            (64, 128, 32, 3, 1, 1),
+            (128, 128, 32, 3, 1, 1),
+            (192, 192, 16, 3, 1, 1),
+            (256, 256, 8, 3, 1, 1),
+            (128, 128, 32, 3, 2, 1),
+            (64, 128, 32, 1, 1, 0),
+        ];
+        for (cin, cout, size, k, s, p) in shapes {
+            let xs = Var::from_tensor(&random(&[2, cin, size, size], &mut rng)?)?;
+            let w = Var::from_tensor(&random(&[cout, cin, k, k], &mut rng)?)?;
+            let b = Var::from_tensor(&random(&[cout], &mut rng)?)?;
+            let (x, w, b) = (xs.as_tensor(), w.as_tensor(), b.as_tensor());
+            let ours_f = time(&mut || conv2d(x, w, Some(b), s, p).map(drop))?;
+            let candle_f = time(&mut || reference(x, w, Some(b), s, p).map(drop))?;
+            let ours_b =
+                time(&mut || conv2d(x, w, Some(b), s, p)?.sum_all()?.backward().map(drop))?;
+            let candle_b = time(&mut || {
+                reference(x, w, Some(b), s, p)?
+                    .sum_all()?
+                    .backward()
+                    .map(drop)
+            })?;
+            println!(
+                "{cin:>4}->{cout:<4} {size:>3}px k{k} s{s}: forward {ours_f:7.2} ms (candle {candle_f:7.2}), forward+backward {ours_b:7.2} ms (candle {candle_b:7.2})"
+            );
+        }
+        Ok(())
+    }
 }
