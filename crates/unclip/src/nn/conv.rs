@@ -1183,6 +1183,13 @@ mod tests {
             Ok(best)
         };
         println!("threads {}", threads());
+        for (m, k, n) in [(64, 576, 4096), (128, 1152, 1024), (64, 576, 1792)] {
+            let a = random(&[m, k], &mut rng)?;
+            let b = random(&[k, n], &mut rng)?;
+            let ms = time(&mut || a.matmul(&b).map(drop))?;
+            let gflops = 2.0 * (m * k * n) as f64 / ms / 1e6;
+            println!("matmul {m}x{k}x{n}: {ms:.2} ms, {gflops:.1} GFLOP/s");
+        }
         // (cin, cout, size, k, stride, padding)
         let shapes = [
             (64, 64, 64, 3, 1, 1),
