@@ -9,8 +9,9 @@
 //! backward computes exactly what it needs: `dX = col2im(Wᵀ · dY)` only when the input carries a
 //! gradient, `dW = Σ_batch dY · colsᵀ` and `db = Σ dY`. The column matrix is built for blocks of
 //! output rows so it stays small (cache-sized and bounded on large images), in per-thread scratch
-//! buffers reused across calls. Images run in parallel when the batch fills the thread pool;
-//! otherwise gemm parallelises each product. Other dtypes and devices use candle's convolution.
+//! buffers reused across calls. Images run one at a time, each gemm and im2col split across the
+//! threads; only tiny products run whole images in parallel. Other dtypes and devices use
+//! candle's convolution.
 
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Module};
@@ -23,6 +24,9 @@ use std::cell::RefCell;
 /// Upper bound on one block of the column matrix, in floats (4 MiB): about the L2 cache, and
 /// what keeps a 3x3 convolution on a large image from allocating its full 9x-sized column matrix.
 const COLUMN_BLOCK_FLOATS: usize = 1 << 20;
+
+/// Multiply-adds per image below which whole images run in parallel (see `images_in_parallel`).
+const SMALL_PRODUCT: usize = 1 << 20;
 
 /// Stride and padding of a convolution (dilation 1, one group: all the project's models use).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +164,8 @@ struct Geometry {
     wo: usize,
     /// Cap on one block of the column matrix, in floats (`COLUMN_BLOCK_FLOATS`; tests lower it).
     block_floats: usize,
+    /// Products (MACs per image) below which images run in parallel (`SMALL_PRODUCT`; tests vary it).
+    small_product: usize,
 }
 
 impl Geometry {
@@ -216,6 +222,7 @@ impl Geometry {
             ho: (h + 2 * padding - kh) / stride + 1,
             wo: (w + 2 * padding - kw) / stride + 1,
             block_floats: COLUMN_BLOCK_FLOATS,
+            small_product: SMALL_PRODUCT,
         })
     }
 
@@ -279,9 +286,12 @@ fn threads() -> usize {
 }
 
 /// Whether to run images in parallel (each product single-threaded) rather than one image at a
-/// time with gemm's own threads.
-fn images_in_parallel(batch: usize, threads: usize) -> bool {
-    threads > 1 && batch >= threads
+/// time with gemm's and im2col's own threads. Measured on the decoder's shapes at 2 threads and
+/// batch 2, one image at a time was as fast or faster down to 8x8 images with 256 channels
+/// (private caches stay warm and no thread idles on an odd batch); only tiny products, where
+/// splitting one gemm costs more than it saves, go image-parallel.
+fn images_in_parallel(g: &Geometry, threads: usize) -> bool {
+    threads > 1 && g.batch > 1 && g.cout * g.patch_len() * g.out_pixels() < g.small_product
 }
 
 fn gemm_parallelism(threads: usize) -> Parallelism {
@@ -374,34 +384,53 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut [f32]) -> R) -> R {
 }
 
 /// Writes the column matrix of output rows [r0, r1) of one image: `col` is
-/// (cin·kh·kw, (r1 - r0)·wo), zero where the kernel reads padding.
-fn im2col(g: &Geometry, x: &[f32], (r0, r1): (usize, usize), col: &mut [f32]) {
+/// (cin·kh·kw, (r1 - r0)·wo), zero where the kernel reads padding. Channels are split across
+/// threads when `parallelism` has more than one.
+fn im2col(
+    g: &Geometry,
+    x: &[f32],
+    rows: (usize, usize),
+    col: &mut [f32],
+    parallelism: Parallelism,
+) {
+    let per_channel = g.kh * g.kw * (rows.1 - rows.0) * g.wo;
+    let planes = x.chunks_exact(g.h * g.w);
+    if matches!(parallelism, Parallelism::None) {
+        col.chunks_exact_mut(per_channel)
+            .zip(planes)
+            .for_each(|(col, plane)| im2col_channel(g, plane, rows, col));
+    } else {
+        col.par_chunks_exact_mut(per_channel)
+            .zip(planes.collect::<Vec<_>>())
+            .for_each(|(col, plane)| im2col_channel(g, plane, rows, col));
+    }
+}
+
+/// `im2col` for one channel's plane: its kh·kw rows of the column matrix.
+fn im2col_channel(g: &Geometry, plane: &[f32], (r0, r1): (usize, usize), col: &mut [f32]) {
     let bn = (r1 - r0) * g.wo;
     let mut rows = col.chunks_exact_mut(bn);
-    for c in 0..g.cin {
-        let plane = &x[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let Some(dst) = rows.next() else { return };
-                let (lo, hi) = g.valid_cols(j);
-                for (r, out) in (r0..r1).zip(dst.chunks_exact_mut(g.wo)) {
-                    let Some(ih) = g.input_row(r, i) else {
-                        out.fill(0.0);
-                        continue;
-                    };
-                    let src = &plane[ih * g.w..(ih + 1) * g.w];
-                    out[..lo].fill(0.0);
-                    out[hi..].fill(0.0);
-                    let first = lo * g.stride + j - g.padding;
-                    if g.stride == 1 {
-                        out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
-                    } else {
-                        for (o, v) in out[lo..hi]
-                            .iter_mut()
-                            .zip(src[first..].iter().step_by(g.stride))
-                        {
-                            *o = *v;
-                        }
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            let Some(dst) = rows.next() else { return };
+            let (lo, hi) = g.valid_cols(j);
+            for (r, out) in (r0..r1).zip(dst.chunks_exact_mut(g.wo)) {
+                let Some(ih) = g.input_row(r, i) else {
+                    out.fill(0.0);
+                    continue;
+                };
+                let src = &plane[ih * g.w..(ih + 1) * g.w];
+                out[..lo].fill(0.0);
+                out[hi..].fill(0.0);
+                let first = lo * g.stride + j - g.padding;
+                if g.stride == 1 {
+                    out[lo..hi].copy_from_slice(&src[first..first + hi - lo]);
+                } else {
+                    for (o, v) in out[lo..hi]
+                        .iter_mut()
+                        .zip(src[first..].iter().step_by(g.stride))
+                    {
+                        *o = *v;
                     }
                 }
             }
@@ -410,30 +439,48 @@ fn im2col(g: &Geometry, x: &[f32], (r0, r1): (usize, usize), col: &mut [f32]) {
 }
 
 /// Adds the column-matrix gradient of output rows [r0, r1) back into the image gradient `dx`:
-/// the transpose of `im2col`.
-fn col2im_add(g: &Geometry, dcol: &[f32], (r0, r1): (usize, usize), dx: &mut [f32]) {
+/// the transpose of `im2col`, split across threads by channel likewise.
+fn col2im_add(
+    g: &Geometry,
+    dcol: &[f32],
+    rows: (usize, usize),
+    dx: &mut [f32],
+    parallelism: Parallelism,
+) {
+    let per_channel = g.kh * g.kw * (rows.1 - rows.0) * g.wo;
+    let cols = dcol.chunks_exact(per_channel);
+    if matches!(parallelism, Parallelism::None) {
+        dx.chunks_exact_mut(g.h * g.w)
+            .zip(cols)
+            .for_each(|(plane, dcol)| col2im_channel(g, dcol, rows, plane));
+    } else {
+        dx.par_chunks_exact_mut(g.h * g.w)
+            .zip(cols.collect::<Vec<_>>())
+            .for_each(|(plane, dcol)| col2im_channel(g, dcol, rows, plane));
+    }
+}
+
+/// `col2im_add` for one channel's plane.
+fn col2im_channel(g: &Geometry, dcol: &[f32], (r0, r1): (usize, usize), plane: &mut [f32]) {
     let bn = (r1 - r0) * g.wo;
     let mut rows = dcol.chunks_exact(bn);
-    for c in 0..g.cin {
-        let plane = &mut dx[c * g.h * g.w..(c + 1) * g.h * g.w];
-        for i in 0..g.kh {
-            for j in 0..g.kw {
-                let Some(src) = rows.next() else { return };
-                let (lo, hi) = g.valid_cols(j);
-                for (r, grad) in (r0..r1).zip(src.chunks_exact(g.wo)) {
-                    let Some(ih) = g.input_row(r, i) else {
-                        continue;
-                    };
-                    let dst = &mut plane[ih * g.w..(ih + 1) * g.w];
-                    let first = lo * g.stride + j - g.padding;
-                    if g.stride == 1 {
-                        for (d, v) in dst[first..first + hi - lo].iter_mut().zip(&grad[lo..hi]) {
-                            *d += *v;
-                        }
-                    } else {
-                        for (d, v) in dst[first..].iter_mut().step_by(g.stride).zip(&grad[lo..hi]) {
-                            *d += *v;
-                        }
+    for i in 0..g.kh {
+        for j in 0..g.kw {
+            let Some(src) = rows.next() else { return };
+            let (lo, hi) = g.valid_cols(j);
+            for (r, grad) in (r0..r1).zip(src.chunks_exact(g.wo)) {
+                let Some(ih) = g.input_row(r, i) else {
+                    continue;
+                };
+                let dst = &mut plane[ih * g.w..(ih + 1) * g.w];
+                let first = lo * g.stride + j - g.padding;
+                if g.stride == 1 {
+                    for (d, v) in dst[first..first + hi - lo].iter_mut().zip(&grad[lo..hi]) {
+                        *d += *v;
+                    }
+                } else {
+                    for (d, v) in dst[first..].iter_mut().step_by(g.stride).zip(&grad[lo..hi]) {
+                        *d += *v;
                     }
                 }
             }
@@ -483,7 +530,7 @@ fn forward_image(
         for rows in g.row_blocks() {
             let bn = (rows.1 - rows.0) * g.wo;
             let col = &mut col[..g.patch_len() * bn];
-            im2col(g, x, rows, col);
+            im2col(g, x, rows, col, parallelism);
             let col = View {
                 data: col,
                 rs: bn,
@@ -554,7 +601,7 @@ fn backward_input_image(
                 dy,
                 parallelism,
             );
-            col2im_add(g, dcol, rows, dx);
+            col2im_add(g, dcol, rows, dx, parallelism);
         }
     });
 }
@@ -588,7 +635,7 @@ fn backward_weight_image(
         for rows in g.row_blocks() {
             let bn = (rows.1 - rows.0) * g.wo;
             let col = &mut col[..len * bn];
-            im2col(g, x, rows, col);
+            im2col(g, x, rows, col, parallelism);
             let dy = View {
                 data: &dy[rows.0 * g.wo..],
                 rs: pixels,
@@ -607,7 +654,7 @@ fn backward_weight_image(
 fn conv_forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
     let mut out = vec![0f32; g.batch * g.out_image()];
     let threads = threads();
-    if images_in_parallel(g.batch, threads) {
+    if images_in_parallel(g, threads) {
         out.par_chunks_mut(g.out_image())
             .zip(x.par_chunks(g.in_image()))
             .for_each(|(out, x)| forward_image(g, x, weight, bias, out, Parallelism::None));
@@ -622,7 +669,7 @@ fn conv_forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
 fn conv_backward_input(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     let mut dx = vec![0f32; g.batch * g.in_image()];
     let threads = threads();
-    if images_in_parallel(g.batch, threads) {
+    if images_in_parallel(g, threads) {
         dx.par_chunks_mut(g.in_image())
             .zip(dy.par_chunks(g.out_image()))
             .for_each(|(dx, dy)| backward_input_image(g, dy, weight, dx, Parallelism::None));
@@ -646,7 +693,7 @@ fn conv_backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
         }
         dw
     };
-    if !images_in_parallel(g.batch, threads) {
+    if !images_in_parallel(g, threads) {
         return images(0..g.batch, gemm_parallelism(threads));
     }
     // Fixed contiguous shares of the batch, summed in order: the result does not depend on
@@ -1019,11 +1066,19 @@ mod tests {
         },
     ];
 
-    /// Runs every case with full-size and with tiny column blocks (several blocks per image).
-    fn for_each_case(mut check: impl FnMut(&Case, usize) -> Result<()>) -> Result<()> {
+    /// How a case runs: column block size and the image-parallel threshold.
+    type Tuning = (usize, usize);
+
+    /// Runs every case with full-size and with tiny column blocks (several blocks per image),
+    /// and with images in parallel and one at a time.
+    fn for_each_case(mut check: impl FnMut(&Case, Tuning) -> Result<()>) -> Result<()> {
         for case in &CASES {
-            for block_floats in [COLUMN_BLOCK_FLOATS, 1] {
-                check(case, block_floats)?;
+            for tuning in [
+                (COLUMN_BLOCK_FLOATS, 0),
+                (1, 0),
+                (COLUMN_BLOCK_FLOATS, usize::MAX),
+            ] {
+                check(case, tuning)?;
             }
         }
         Ok(())
@@ -1043,23 +1098,24 @@ mod tests {
 
     fn own(
         c: &Case,
-        block_floats: usize,
+        (block_floats, small_product): Tuning,
         xs: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
     ) -> Result<Tensor> {
         let mut g = Geometry::new(xs, w, b, c.stride, c.padding)?;
         g.block_floats = block_floats;
+        g.small_product = small_product;
         conv2d_own(xs, w, b, g)
     }
 
     #[test]
     fn forward_matches_candle() -> Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(7);
-        for_each_case(|c, block| {
+        for_each_case(|c, tuning| {
             let (xs, w, b) = inputs(c, &mut rng)?;
             assert!(!xs.is_contiguous());
-            let ours = own(c, block, &xs, &w, b.as_ref())?;
+            let ours = own(c, tuning, &xs, &w, b.as_ref())?;
             let theirs = reference(&xs, &w, b.as_ref(), c.stride, c.padding)?;
             let d = max_rel_diff(&ours, &theirs)?;
             assert!(
@@ -1090,12 +1146,12 @@ mod tests {
     #[test]
     fn gradients_match_the_composition() -> Result<()> {
         let mut rng = ChaCha8Rng::seed_from_u64(8);
-        for_each_case(|c, block| {
+        for_each_case(|c, tuning| {
             let (xs, w, b) = inputs(c, &mut rng)?;
             let (xv, wv) = (Var::from_tensor(&xs)?, Var::from_tensor(&w)?);
             let bv = b.as_ref().map(Var::from_tensor).transpose()?;
             let bt = bv.as_ref().map(|v| v.as_tensor());
-            let ours = own(c, block, xv.as_tensor(), wv.as_tensor(), bt)?;
+            let ours = own(c, tuning, xv.as_tensor(), wv.as_tensor(), bt)?;
             // A random upstream gradient, so every output element matters differently.
             let up = random(ours.dims(), &mut rng)?;
             let theirs = composed(xv.as_tensor(), wv.as_tensor(), bt, c.stride, c.padding)?;
