@@ -7,6 +7,7 @@
 
 mod activation;
 mod attention;
+mod conv;
 mod embedding;
 mod fast_exp;
 mod group_norm_kernel;
@@ -22,6 +23,7 @@ mod softmax_kernel;
 
 pub use activation::{quick_gelu, sigmoid, Activation};
 pub use attention::{causal_mask, padding_mask, scaled_dot_product_attention, MASKED};
+pub use conv::{conv2d, Conv2d, Conv2dConfig};
 pub use embedding::timestep_embedding;
 pub use norm::{
     group_norm, group_norm_scale_shift, group_norm_silu, layer_norm, GroupNorm, LayerNorm,

@@ -8,9 +8,9 @@
 //! `upsampling.py` (`Upsample2D`).
 
 use crate::error::{Error, Result as CrateResult};
-use crate::nn::{avg_pool_2x, upsample_nearest_2x, Activation, GroupNorm};
+use crate::nn::{avg_pool_2x, upsample_nearest_2x, Activation, Conv2d, Conv2dConfig, GroupNorm};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 /// How the time embedding enters a ResNet block (`resnet_time_scale_shift`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,7 @@ fn conv3x3(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
         padding: 1,
         ..Default::default()
     };
-    conv2d(cin, cout, 3, cfg, vb)
+    Conv2d::load(cin, cout, 3, cfg, vb)
 }
 
 impl ResnetBlock2D {
@@ -93,7 +93,7 @@ impl ResnetBlock2D {
         };
         let conv_shortcut = if in_channels != out_channels {
             let cfg = Conv2dConfig::default();
-            Some(conv2d(
+            Some(Conv2d::load(
                 in_channels,
                 out_channels,
                 1,
@@ -178,13 +178,9 @@ pub struct ConvDownsample {
 
 impl ConvDownsample {
     pub fn new(channels: usize, padding: usize, vb: VarBuilder) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding,
-            stride: 2,
-            ..Default::default()
-        };
+        let cfg = Conv2dConfig { padding, stride: 2 };
         Ok(Self {
-            conv: conv2d(channels, channels, 3, cfg, vb.pp("conv"))?,
+            conv: Conv2d::load(channels, channels, 3, cfg, vb.pp("conv"))?,
             padding,
         })
     }
