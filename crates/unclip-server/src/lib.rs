@@ -172,6 +172,19 @@ fn prepare(config: ServerConfig, addr: SocketAddr) -> Result<Prepared, ServerErr
             config.batch.max_batch, config.max_queue
         )));
     }
+    // The schedulers take 2..=1000 steps; a bad value would otherwise fail every request.
+    let steps = &config.options;
+    for (name, value) in [
+        ("prior steps", steps.prior_steps),
+        ("decoder steps", steps.decoder_steps),
+        ("super-res steps", steps.super_res_steps),
+    ] {
+        if !(2..=1000).contains(&value) {
+            return Err(ServerError::Config(format!(
+                "{name} = {value}; allowed: 2..=1000"
+            )));
+        }
+    }
     let engine = Engine::load(&config.model_dir, config.options.clone())?;
     if !engine.can_generate() && !engine.can_vary() {
         return Err(ServerError::Config(format!(
