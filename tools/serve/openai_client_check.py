@@ -8,6 +8,7 @@ import io
 import struct
 import sys
 import urllib.request
+import warnings
 
 import openai
 from openai import OpenAI
@@ -20,6 +21,8 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 def main() -> int:
+    # create_variation is marked deprecated in openai 3.x; it is still the Images API call.
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     parser = argparse.ArgumentParser()
     parser.add_argument("--base-url", required=True)
     parser.add_argument("--api-key", required=True)
