@@ -41,6 +41,8 @@ pub enum Command {
     /// Build datasets.
     #[command(subcommand)]
     Data(crate::data_cmd::DataCommand),
+    /// Serve the OpenAI Images API (generations, variations) and a web page over HTTP.
+    Serve(crate::serve_cmd::ServeArgs),
 }
 
 #[derive(Args)]

@@ -6,6 +6,7 @@ mod commands;
 mod data_cmd;
 mod generate;
 mod progress;
+mod serve_cmd;
 mod train_cmd;
 
 use clap::Parser;
