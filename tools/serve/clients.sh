@@ -59,6 +59,7 @@ PORT=$(free_port)
 start_server "$PORT"
 # Virtual time does not advance while a fetch is pending, so the budget covers generation.
 timeout 120 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
+  --disable-background-networking --disable-component-update --disable-sync --no-first-run --disable-quic \
   --user-data-dir="$WORK/chromium" --virtual-time-budget=30000 --window-size=1000,800 \
   --dump-dom "http://127.0.0.1:$PORT/?prompt=a+red+circle" >"$WORK/dom.html" 2>"$WORK/chromium.log" || {
   cat "$WORK/chromium.log" >&2; echo "clients.sh: chromium failed" >&2; exit 1; }
