@@ -4,6 +4,8 @@
 //! record no backward op, so every parameter upstream of them silently receives no gradient.
 //! The ops here are built from differentiable primitives; every model in the project uses them,
 //! and `tests/gradients.rs` checks that each trainable tensor of each model gets a gradient.
+//! Norms and softmax on f32 CPU tensors run as fused custom ops with their own backward
+//! (`*_kernel.rs`), checked against those compositions.
 
 mod activation;
 mod attention;

@@ -68,11 +68,10 @@ impl CustomOp1 for SoftmaxOp {
                         *o = xv - m;
                     }
                     if self.log {
-                        let mut exps = orow.to_vec();
-                        exp_in_place(&mut exps);
-                        let log_sum = sum(&exps).ln();
-                        for o in orow.iter_mut() {
-                            *o -= log_sum;
+                        exp_in_place(orow);
+                        let shift = m + sum(orow).ln();
+                        for (o, &xv) in orow.iter_mut().zip(xrow) {
+                            *o = xv - shift;
                         }
                     } else {
                         exp_in_place(orow);
