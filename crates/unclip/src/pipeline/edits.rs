@@ -16,7 +16,7 @@ use std::path::Path;
 /// Fixed-point refinements of each inversion step: each solves the sampler's step backwards
 /// more exactly (the plain inversion uses ε̂ at the wrong point, which the first sampling
 /// step's 1/√ᾱ_T amplifies).
-pub const DEFAULT_INVERSION_REFINEMENTS: usize = 3;
+pub const DEFAULT_INVERSION_REFINEMENTS: usize = 10;
 
 /// Decoded samples: at the decoder's resolution and after the upsamplers.
 pub struct Decoded {
@@ -168,7 +168,8 @@ fn keep_mask_at(keep: &Tensor, h: usize, w: usize) -> Result<Tensor> {
 /// x where repainted, `known` where kept.
 fn blend(keep: &Tensor, known: &Tensor, x: &Tensor) -> Result<Tensor> {
     let repaint = (1.0 - keep)?;
-    Ok((x.broadcast_mul(&repaint)? + known.broadcast_mul(keep)?)?)
+    Ok(x.broadcast_mul(&repaint)?
+        .broadcast_add(&known.broadcast_mul(keep)?)?)
 }
 
 /// RePaint: before each model call the known region is replaced by the image noised to the
@@ -235,8 +236,11 @@ impl UnclipPipeline {
         Ok(Tensor::cat(&rows, 0)?)
     }
 
-    /// The deterministic plan both inversion and decoding from inverted noise walk. x̂_0 is not
-    /// clipped: clipping maps many x_t to one x_{t-1}, which cannot be run backwards.
+    /// The plan both inversion and decoding from inverted noise walk: DDIM's own "leading"
+    /// spacing (t = k·⌊T/n⌋, so the top is T − ⌊T/n⌋, not T − 1). At T − 1 the cosine schedule's
+    /// ᾱ ≈ 2.5e-9 makes the first step divide by √ᾱ ≈ 5e-5: any mismatch between the ε̂ the
+    /// inversion used and the one sampling sees is amplified 20 000-fold. x̂_0 is not clipped:
+    /// clipping maps many x_t to one x_{t-1}, which cannot be run backwards.
     fn inversion_scheduler(&self, eta: f64, steps: usize) -> Result<Scheduler> {
         if self.decoder_scheduler.prediction_type != Prediction::Epsilon {
             return Err(Error::config(
@@ -248,7 +252,21 @@ impl UnclipPipeline {
             clip_sample: false,
             ..self.decoder_scheduler.clone()
         };
-        Scheduler::new(&config, Sampler::Ddim { eta }, steps)
+        if !(0.0..=1.0).contains(&eta) {
+            return Err(Error::InvalidInput(format!(
+                "DDIM eta {eta} is out of range; allowed: 0..=1 (0 reproduces the image)"
+            )));
+        }
+        let train = config.num_train_timesteps;
+        if !(2..=train).contains(&steps) {
+            return Err(Error::InvalidInput(format!(
+                "{steps} inversion steps; allowed: 2..={train}"
+            )));
+        }
+        let stride = (train / steps) as i64;
+        let timesteps: Vec<i64> = (0..steps as i64).rev().map(|k| k * stride).collect();
+        let prev = timesteps.iter().skip(1).copied().chain([-1]).collect();
+        Scheduler::with_timesteps(&config, Sampler::Ddim { eta }, timesteps, prev)
     }
 
     /// Captions-free decoder conditioning (as variations use) for image embeddings (B, D).
@@ -302,10 +320,7 @@ impl UnclipPipeline {
         for (done, i) in (0..total).rev().enumerate() {
             let s = scheduler.timesteps()[i];
             let t = scheduler.prev_timestep(i);
-            let (a_s, a_t) = (
-                schedule.alpha_bar(s) as f64,
-                schedule.alpha_bar(t) as f64,
-            );
+            let (a_s, a_t) = (schedule.alpha_bar(s) as f64, schedule.alpha_bar(t) as f64);
             let eps_at = |x: &Tensor| -> Result<Tensor> {
                 let out = self.decoder_output(&condition, x, s)?;
                 Ok(out.narrow(1, 0, channels)?)
@@ -363,19 +378,14 @@ impl UnclipPipeline {
         &self,
         images: &[impl AsRef<Path>],
         eta: f64,
+        refinements: usize,
         opts: &GenerateOptions,
         noise: &mut NoiseSource,
         progress: &mut Progress,
     ) -> Result<Decoded> {
         let embeddings = self.image_embeddings(images)?;
         let targets = self.decoder_targets(images)?;
-        let x_t = self.invert(
-            &targets,
-            &embeddings,
-            DEFAULT_INVERSION_REFINEMENTS,
-            opts,
-            progress,
-        )?;
+        let x_t = self.invert(&targets, &embeddings, refinements, opts, progress)?;
         let n = opts.images_per_prompt;
         let rows: Vec<u32> = (0..images.len() as u32)
             .flat_map(|i| std::iter::repeat_n(i, n))
@@ -504,7 +514,8 @@ impl UnclipPipeline {
             cond
         };
         let embeddings = self.sample_prior(&text, n, guided, opts, noise, progress)?;
-        let condition = self.decoder_condition(&embeddings, &text, guided, opts.decoder_guidance)?;
+        let condition =
+            self.decoder_condition(&embeddings, &text, guided, opts.decoder_guidance)?;
 
         let (channels, h, w) = self.decoder_shape()?;
         let known = resized(&pixels, h, w)?.clamp(-1.0, 1.0)?;

@@ -343,7 +343,11 @@ impl UnclipPipeline {
         }
     }
 
-    pub(crate) fn encode_text<S: AsRef<str>>(&self, prompts: &[S], repeat: usize) -> Result<EncodedText> {
+    pub(crate) fn encode_text<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        repeat: usize,
+    ) -> Result<EncodedText> {
         let batch = self.tokenizer.encode_batch(prompts)?;
         let (ids, mask) = batch.to_tensors(&self.device)?;
         let out = self.text_encoder.text_outputs(&ids, None)?;
@@ -519,10 +523,13 @@ impl UnclipPipeline {
         t: i64,
         upscaled: &Tensor,
     ) -> Result<Tensor> {
-        let first = self.super_res_first.as_ref().ok_or_else(|| Error::Checkpoint {
-            path: self.dir.clone(),
-            message: "the pipeline has no `super_res_first/` component".into(),
-        })?;
+        let first = self
+            .super_res_first
+            .as_ref()
+            .ok_or_else(|| Error::Checkpoint {
+                path: self.dir.clone(),
+                message: "the pipeline has no `super_res_first/` component".into(),
+            })?;
         let unet = match (&self.super_res_last, i == last_step) {
             (Some(last), true) => last,
             _ => first,
