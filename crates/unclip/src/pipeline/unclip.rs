@@ -401,9 +401,9 @@ impl UnclipPipeline {
         let prior = self.require_prior()?;
         let k = opts.prior_candidates;
         let prior_text = if k > 1 {
-            repeat_candidates(&text, k)?
+            repeat_candidates(text, k)?
         } else {
-            clone_text(&text)
+            clone_text(text)
         };
         let scheduler = Scheduler::new(&self.prior_scheduler, opts.sampler, opts.prior_steps)?;
         let dim = prior.config().embedding_dim;
