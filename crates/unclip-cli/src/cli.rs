@@ -20,6 +20,14 @@ pub enum Command {
     Generate(crate::generate::GenerateArgs),
     /// Variations of images (CLIP image embedding, decoded again).
     Vary(crate::generate::VaryArgs),
+    /// Invert an image to the decoder's noise (DDIM) and report how well it reconstructs.
+    Invert(crate::edit_cmd::InvertArgs),
+    /// Frames between two images (slerp of their embeddings and inverted noises), a sheet, a GIF.
+    Interpolate(crate::edit_cmd::InterpolateArgs),
+    /// Move an image along the change between two captions (unCLIP text diffs).
+    Textdiff(crate::edit_cmd::TextDiffArgs),
+    /// Inpaint: repaint where the mask (or the image) is transparent, following a prompt.
+    Edit(crate::edit_cmd::EditArgs),
     /// Embed texts and/or images with a CLIP model (transformers layout).
     Embed(EmbedArgs),
     /// Zero-shot classify an image against text labels.

@@ -12,6 +12,10 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Generate(args) => crate::generate::generate(args),
         Command::Vary(args) => crate::generate::vary(args),
+        Command::Invert(args) => crate::edit_cmd::invert(args),
+        Command::Interpolate(args) => crate::edit_cmd::interpolate(args),
+        Command::Textdiff(args) => crate::edit_cmd::textdiff(args),
+        Command::Edit(args) => crate::edit_cmd::edit(args),
         Command::Embed(args) => embed(args),
         Command::Classify(args) => classify(args),
         Command::Train(TrainCommand::Clip(args)) => crate::train_cmd::clip_command(args),

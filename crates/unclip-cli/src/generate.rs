@@ -70,6 +70,14 @@ pub struct VaryArgs {
     /// Input image (repeat for several).
     #[arg(long = "image", required = true)]
     pub images: Vec<PathBuf>,
+    /// Vary as the paper does: invert each image to the decoder's noise, then decode it with
+    /// DDIM and --eta (0 reproduces the image, 1 the most varied); --sampler is then ignored
+    /// for the decoder.
+    #[arg(long)]
+    pub invert: bool,
+    /// Fixed-point refinements of each inversion step (with --invert).
+    #[arg(long, default_value_t = unclip::pipeline::DEFAULT_INVERSION_REFINEMENTS)]
+    pub refine: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -93,7 +101,7 @@ fn noise(s: &SamplingArgs) -> Result<NoiseSource> {
 }
 
 /// A progress bar per stage, replaced when the next stage starts.
-fn stage_bars() -> impl FnMut(Stage, usize, usize) {
+pub(crate) fn stage_bars() -> impl FnMut(Stage, usize, usize) {
     let mut current: Option<(Stage, ProgressBar)> = None;
     move |stage, done, total| {
         if current.as_ref().map(|(s, _)| *s) != Some(stage) {
@@ -114,7 +122,7 @@ fn stage_bars() -> impl FnMut(Stage, usize, usize) {
     }
 }
 
-fn numbered(path: &Path, i: usize) -> PathBuf {
+pub(crate) fn numbered(path: &Path, i: usize) -> PathBuf {
     let stem = path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -173,7 +181,20 @@ pub fn vary(args: VaryArgs) -> Result<()> {
     let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
     let opts = options(&args.sampling)?;
     let mut noise = noise(&args.sampling)?;
-    let images = pipeline.vary(&args.images, &opts, &mut noise, &mut stage_bars())?;
+    let images = if args.invert {
+        pipeline
+            .vary_inverted(
+                &args.images,
+                args.sampling.eta,
+                args.refine,
+                &opts,
+                &mut noise,
+                &mut stage_bars(),
+            )?
+            .images
+    } else {
+        pipeline.vary(&args.images, &opts, &mut noise, &mut stage_bars())?
+    };
     warn_unused_tape(&noise);
     write_outputs(&images, &args.sampling)
 }

@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod commands;
 mod data_cmd;
+mod edit_cmd;
 mod generate;
 mod progress;
 mod serve_cmd;

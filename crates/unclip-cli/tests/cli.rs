@@ -598,3 +598,212 @@ fn training_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
     let log = std::fs::read_to_string(killed.join("train_log.jsonl")).unwrap();
     assert_eq!(log.lines().count(), 12);
 }
+
+#[test]
+fn invert_reports_the_reconstruction_error_and_saves_the_noise() {
+    let dir = scratch("invert");
+    let model = fixtures().join("unclip_tiny_variation");
+    let out = unclip(&[
+        "invert",
+        "--model",
+        s(&model),
+        "--image",
+        s(&fixtures().join("images/image_0.png")),
+        "--steps",
+        "4",
+        "--refine",
+        "1",
+        "--super-res-steps",
+        "2",
+        "--output",
+        s(&dir.join("recon.png")),
+        "--save-noise",
+        s(&dir.join("noise.safetensors")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("PSNR") && stdout.contains("max |error|"),
+        "{stdout}"
+    );
+    assert_eq!(image::open(dir.join("recon.png")).unwrap().width(), 32);
+    let saved =
+        candle_core::safetensors::load(dir.join("noise.safetensors"), &Device::Cpu).unwrap();
+    assert_eq!(saved["x_T"].dims(), &[1, 3, 16, 16]);
+}
+
+#[test]
+fn vary_with_inversion_writes_variations() {
+    let dir = scratch("vary-invert");
+    let out = unclip(&[
+        "vary",
+        "--model",
+        s(&fixtures().join("unclip_tiny_variation")),
+        "--image",
+        s(&fixtures().join("images/image_1.png")),
+        "--invert",
+        "--refine",
+        "1",
+        "--eta",
+        "0.5",
+        "--n",
+        "2",
+        "--decoder-steps",
+        "3",
+        "--super-res-steps",
+        "2",
+        "--output",
+        s(&dir.join("v.png")),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dir.join("v-0.png").is_file() && dir.join("v-1.png").is_file());
+}
+
+#[test]
+fn interpolate_writes_frames_a_sheet_and_a_gif() {
+    let dir = scratch("interpolate");
+    let out_dir = dir.join("frames");
+    let model = fixtures().join("unclip_tiny_variation");
+    let (from, to) = (
+        fixtures().join("images/image_0.png"),
+        fixtures().join("images/image_1.png"),
+    );
+    let base = [
+        "interpolate",
+        "--model",
+        s(&model),
+        "--from",
+        s(&from),
+        "--to",
+        s(&to),
+        "--steps",
+        "3",
+        "--refine",
+        "1",
+        "--super-res-steps",
+        "2",
+        "--output",
+        s(&out_dir),
+    ];
+    let out = unclip(&[&base[..], &["--frames", "3"]].concat());
+    assert!(out.status.success(), "{}", stderr(&out));
+    for name in [
+        "frame-000.png",
+        "frame-002.png",
+        "sheet.png",
+        "interpolation.gif",
+    ] {
+        assert!(out_dir.join(name).is_file(), "{name} missing");
+    }
+    let gif = std::fs::read(out_dir.join("interpolation.gif")).unwrap();
+    assert_eq!(&gif[..6], b"GIF89a");
+
+    let out = unclip(&[&base[..], &["--frames", "1"]].concat());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("allowed: 2 or more"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn textdiff_writes_a_sheet_and_refuses_bad_theta() {
+    let dir = scratch("textdiff");
+    let model = fixtures().join("unclip_tiny_variation");
+    let image = fixtures().join("images/image_2.png");
+    let output = dir.join("diff.png");
+    let base = [
+        "textdiff",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image),
+        "--from",
+        "a photo of a cat",
+        "--to",
+        "an anime drawing of a cat",
+        "--steps",
+        "3",
+        "--refine",
+        "1",
+        "--super-res-steps",
+        "2",
+        "--frames",
+        "2",
+        "--output",
+        s(&output),
+    ];
+    let out = unclip(&base);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(output.is_file() && dir.join("diff-1.png").is_file());
+
+    let out = unclip(&[&base[..], &["--max-theta", "1.5"]].concat());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("--max-theta 1.5; allowed"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn edit_repaints_the_transparent_region_and_names_bad_masks() {
+    let dir = scratch("edit");
+    let model = fixtures().join("unclip_tiny");
+    let hole = |x: u32, y: u32| (8..24).contains(&x) && (8..24).contains(&y);
+    let image = image::RgbaImage::from_fn(32, 32, |x, y| {
+        image::Rgba([
+            (x * 8) as u8,
+            (y * 8) as u8,
+            100,
+            if hole(x, y) { 0 } else { 255 },
+        ])
+    });
+    let image_path = dir.join("in.png");
+    image.save(&image_path).unwrap();
+    let output = dir.join("out.png");
+    let base = [
+        "edit",
+        "--model",
+        s(&model),
+        "--image",
+        s(&image_path),
+        "--prompt",
+        "a red square",
+        "--prior-steps",
+        "2",
+        "--decoder-steps",
+        "3",
+        "--super-res-steps",
+        "2",
+        "--resample",
+        "2",
+        "--output",
+        s(&output),
+    ];
+    let out = unclip(&base);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let result = image::open(&output).unwrap().to_rgb8();
+    for (x, y, p) in result.enumerate_pixels() {
+        if !hole(x, y) {
+            assert_eq!(p.0[..3], image.get_pixel(x, y).0[..3], "({x}, {y})");
+        }
+    }
+
+    let small_mask = dir.join("mask.png");
+    image::RgbaImage::new(16, 16).save(&small_mask).unwrap();
+    let out = unclip(&[&base[..], &["--mask", s(&small_mask)]].concat());
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("same size"), "{}", stderr(&out));
+
+    let opaque = dir.join("opaque.png");
+    image::RgbImage::new(32, 32).save(&opaque).unwrap();
+    let out = unclip(&[&base[..], &["--mask", s(&opaque)]].concat());
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("nothing to repaint"),
+        "{}",
+        stderr(&out)
+    );
+}

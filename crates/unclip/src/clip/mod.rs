@@ -13,6 +13,7 @@ mod vision;
 pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig, Pooling};
 pub use loss::contrastive_loss;
 pub use model::{l2_normalize, load_clip_tensors, save_clip, ClipLayout, ClipModel, WEIGHTS_FILE};
+pub(crate) use processor::decode_image;
 pub use processor::{decode_rgb8, ClipImageProcessor, PROCESSOR_FILE};
 pub use text::{ClipTextTransformer, TextOutput};
 pub use vision::{ClipVisionTransformer, VisionOutput};

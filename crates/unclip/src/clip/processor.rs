@@ -227,9 +227,8 @@ impl ClipImageProcessor {
     }
 }
 
-/// Decodes image bytes, with the image's own format guessed from its content. Transparent
-/// images are composited onto white, as transformers' `convert_to_rgb` does.
-pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<(Vec<u8>, usize, usize), String> {
+/// Decodes image bytes, the format guessed from the content, within size limits.
+pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, String> {
     let reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
@@ -242,7 +241,13 @@ pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<(Vec<u8>, usize, usize),
     limits.max_alloc = Some(512 * 1024 * 1024);
     let mut reader = reader;
     reader.limits(limits);
-    let img = reader.decode().map_err(|e| format!("{format:?}: {e}"))?;
+    reader.decode().map_err(|e| format!("{format:?}: {e}"))
+}
+
+/// Decodes image bytes to RGB. Transparent images are composited onto white, as transformers'
+/// `convert_to_rgb` does.
+pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<(Vec<u8>, usize, usize), String> {
+    let img = decode_image(bytes)?;
     let (w, h) = (img.width() as usize, img.height() as usize);
     if img.color().has_alpha() {
         let rgba = img.to_rgba8().into_raw();

@@ -5,5 +5,5 @@ mod output;
 mod resample;
 
 pub use bicubic::resize_bicubic_antialias;
-pub use output::{contact_sheet, save_image_tensor, save_png, to_rgb8};
+pub use output::{contact_sheet, save_gif, save_image_tensor, save_png, to_rgb8};
 pub use resample::{resize_rgb8, Filter};

@@ -74,3 +74,25 @@ pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
 pub fn save_image_tensor(images: &Tensor, path: &Path) -> Result<()> {
     save_safetensors(&[("image".to_string(), images.to_dtype(DType::F32)?)], path)
 }
+
+/// Writes frames as a looping animated GIF, `delay_ms` per frame, through a temporary file.
+pub fn save_gif(frames: &[RgbImage], delay_ms: u32, path: &Path) -> Result<()> {
+    use image::codecs::gif::{GifEncoder, Repeat};
+    let image_error = |e: image::ImageError| Error::Image {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    };
+    let mut bytes = Vec::new();
+    {
+        let mut encoder = GifEncoder::new(&mut bytes);
+        encoder.set_repeat(Repeat::Infinite).map_err(image_error)?;
+        for frame in frames {
+            let rgba = image::DynamicImage::ImageRgb8(frame.clone()).to_rgba8();
+            let delay = image::Delay::from_numer_denom_ms(delay_ms, 1);
+            encoder
+                .encode_frame(image::Frame::from_parts(rgba, 0, 0, delay))
+                .map_err(image_error)?;
+        }
+    }
+    write_atomic(path, &bytes)
+}

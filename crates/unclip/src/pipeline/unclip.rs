@@ -14,7 +14,7 @@ use crate::diffusion::{
 use crate::error::{Error, Result};
 use crate::imageops::resize_bicubic_antialias;
 use crate::models::unet::{SampleSize, UNet2DConditionModel, UNet2DModel};
-use crate::models::{PriorTransformer, TextProj};
+use crate::models::{DecoderContext, PriorTransformer, TextProj};
 use crate::tokenizer::ClipTokenizer;
 use candle_core::{DType, Device, Tensor, D};
 use std::path::{Path, PathBuf};
@@ -78,10 +78,19 @@ impl GenerateOptions {
 }
 
 /// The text tower's view of a batch of prompts.
-struct EncodedText {
-    embeds: Tensor, // (B, D)
-    states: Tensor, // (B, T, D)
-    mask: Tensor,   // (B, T) u32
+pub(crate) struct EncodedText {
+    pub(crate) embeds: Tensor, // (B, D)
+    pub(crate) states: Tensor, // (B, T, D)
+    pub(crate) mask: Tensor,   // (B, T) u32
+}
+
+/// What the decoder is conditioned on for one batch: the projected context and its mask, with
+/// the unconditional half first when guided.
+pub(crate) struct DecoderCondition {
+    context: DecoderContext,
+    mask: Tensor,
+    guided: bool,
+    guidance: f64,
 }
 
 pub struct UnclipPipeline {
@@ -118,7 +127,7 @@ fn scheduler_config(dir: &Path, name: &str) -> Result<SchedulerConfig> {
     read_config(&path, "an UnCLIPScheduler config")
 }
 
-fn side(size: &Option<SampleSize>, field: &str) -> Result<(usize, usize)> {
+pub(crate) fn side(size: &Option<SampleSize>, field: &str) -> Result<(usize, usize)> {
     match size {
         Some(SampleSize::Square(n)) => Ok((*n, *n)),
         Some(SampleSize::Rect(v)) if v.len() == 2 => Ok((v[0], v[1])),
@@ -322,6 +331,10 @@ impl UnclipPipeline {
         Ok(())
     }
 
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The output resolution.
     pub fn output_size(&self) -> Result<(usize, usize)> {
         match &self.super_res_first {
@@ -330,7 +343,11 @@ impl UnclipPipeline {
         }
     }
 
-    fn encode_text<S: AsRef<str>>(&self, prompts: &[S], repeat: usize) -> Result<EncodedText> {
+    pub(crate) fn encode_text<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        repeat: usize,
+    ) -> Result<EncodedText> {
         let batch = self.tokenizer.encode_batch(prompts)?;
         let (ids, mask) = batch.to_tensors(&self.device)?;
         let out = self.text_encoder.text_outputs(&ids, None)?;
@@ -349,7 +366,7 @@ impl UnclipPipeline {
     }
 
     /// (uncond, cond) stacked on the batch, as every guided call takes it.
-    fn with_unconditional(&self, cond: EncodedText) -> Result<EncodedText> {
+    pub(crate) fn with_unconditional(&self, cond: EncodedText) -> Result<EncodedText> {
         let b = cond.embeds.dim(0)?;
         let uncond = self.encode_text(&vec![""; b], 1)?;
         Ok(EncodedText {
@@ -359,42 +376,34 @@ impl UnclipPipeline {
         })
     }
 
-    fn timestep(&self, t: i64, batch: usize) -> Result<Tensor> {
+    pub(crate) fn timestep(&self, t: i64, batch: usize) -> Result<Tensor> {
         Ok(Tensor::full(t as f32, batch, &self.device)?)
     }
 
-    /// Text-to-image: (N·n, H, W, 3) images in [0, 1].
-    pub fn generate<S: AsRef<str>>(
+    fn require_prior(&self) -> Result<&PriorTransformer> {
+        self.prior.as_ref().ok_or_else(|| Error::Checkpoint {
+            path: self.dir.clone(),
+            message: "the pipeline has no `prior/` component; text-to-image needs one (this looks like a variations pipeline: use vary)".into(),
+        })
+    }
+
+    /// The prior: text (with the unconditional half first when guided) → `batch` image
+    /// embeddings, keeping the best of `prior_candidates` draws each.
+    pub(crate) fn sample_prior(
         &self,
-        prompts: &[S],
+        text: &EncodedText,
+        batch: usize,
+        guided: bool,
         opts: &GenerateOptions,
         noise: &mut NoiseSource,
         progress: &mut Progress,
     ) -> Result<Tensor> {
-        opts.validate()?;
-        if prompts.is_empty() {
-            return Err(Error::InvalidInput("no prompt given".into()));
-        }
-        let prior = self.prior.as_ref().ok_or_else(|| Error::Checkpoint {
-            path: self.dir.clone(),
-            message: "the pipeline has no `prior/` component; text-to-image needs one (this looks like a variations pipeline: use vary)".into(),
-        })?;
-        let guided = opts.prior_guidance > 1.0 || opts.decoder_guidance > 1.0;
-        let n = opts.images_per_prompt;
-        let cond = self.encode_text(prompts, n)?;
-        let batch = cond.embeds.dim(0)?;
-        let text = if guided {
-            self.with_unconditional(cond)?
-        } else {
-            cond
-        };
-
-        // Prior: text → image embedding.
+        let prior = self.require_prior()?;
         let k = opts.prior_candidates;
         let prior_text = if k > 1 {
-            repeat_candidates(&text, k)?
+            repeat_candidates(text, k)?
         } else {
-            clone_text(&text)
+            clone_text(text)
         };
         let scheduler = Scheduler::new(&self.prior_scheduler, opts.sampler, opts.prior_steps)?;
         let dim = prior.config().embedding_dim;
@@ -434,6 +443,125 @@ impl UnclipPipeline {
             };
             image_embeddings = best_candidates(&image_embeddings, &cond_embeds, k)?;
         }
+        Ok(image_embeddings)
+    }
+
+    /// The decoder's conditioning for image embeddings (B, D) and their captions.
+    pub(crate) fn decoder_condition(
+        &self,
+        image_embeddings: &Tensor,
+        text: &EncodedText,
+        guided: bool,
+        guidance: f64,
+    ) -> Result<DecoderCondition> {
+        let batch = image_embeddings.dim(0)?;
+        let image_embeddings = if guided {
+            Tensor::cat(
+                &[
+                    &self.text_proj.null_image_embeddings(batch)?,
+                    image_embeddings,
+                ],
+                0,
+            )?
+        } else {
+            image_embeddings.clone()
+        };
+        let context = self
+            .text_proj
+            .forward(&image_embeddings, &text.embeds, &text.states)?;
+        // The 4 image tokens are always attended to: the text mask gets 4 ones on the left.
+        let extra = self.text_proj.config().clip_extra_context_tokens;
+        let ones = Tensor::ones((text.mask.dim(0)?, extra), DType::U32, &self.device)?;
+        let mask = Tensor::cat(&[&ones, &text.mask], 1)?;
+        Ok(DecoderCondition {
+            context,
+            mask,
+            guided,
+            guidance,
+        })
+    }
+
+    /// The decoder's (guided) output for x_t: ε̂ and, with a learned variance, its channels.
+    pub(crate) fn decoder_output(
+        &self,
+        condition: &DecoderCondition,
+        x: &Tensor,
+        t: i64,
+    ) -> Result<Tensor> {
+        let input = if condition.guided {
+            Tensor::cat(&[x, x], 0)?
+        } else {
+            x.clone()
+        };
+        let out = self.decoder.forward(
+            &input,
+            &self.timestep(t, input.dim(0)?)?,
+            &condition.context.encoder_hidden_states,
+            Some(&condition.context.additive_time_embedding),
+            Some(&condition.mask),
+        )?;
+        Ok(if condition.guided {
+            classifier_free_guidance(&out, condition.guidance, Some(x.dim(1)?))?
+        } else {
+            out
+        })
+    }
+
+    /// (channels, height, width) of the decoder's samples.
+    pub(crate) fn decoder_shape(&self) -> Result<(usize, usize, usize)> {
+        let cfg = self.decoder.config();
+        let (h, w) = side(&cfg.sample_size, "decoder.sample_size")?;
+        Ok((cfg.in_channels, h, w))
+    }
+
+    /// The upsampler's output for step `i` of `last_step + 1`: super_res_last takes the last.
+    pub(crate) fn super_res_output(
+        &self,
+        i: usize,
+        last_step: usize,
+        x: &Tensor,
+        t: i64,
+        upscaled: &Tensor,
+    ) -> Result<Tensor> {
+        let first = self
+            .super_res_first
+            .as_ref()
+            .ok_or_else(|| Error::Checkpoint {
+                path: self.dir.clone(),
+                message: "the pipeline has no `super_res_first/` component".into(),
+            })?;
+        let unet = match (&self.super_res_last, i == last_step) {
+            (Some(last), true) => last,
+            _ => first,
+        };
+        let input = Tensor::cat(&[x, upscaled], 1)?;
+        Ok(unet.forward(&input, &self.timestep(t, x.dim(0)?)?, None)?)
+    }
+
+    /// Text-to-image: (N·n, H, W, 3) images in [0, 1].
+    pub fn generate<S: AsRef<str>>(
+        &self,
+        prompts: &[S],
+        opts: &GenerateOptions,
+        noise: &mut NoiseSource,
+        progress: &mut Progress,
+    ) -> Result<Tensor> {
+        opts.validate()?;
+        if prompts.is_empty() {
+            return Err(Error::InvalidInput("no prompt given".into()));
+        }
+        self.require_prior()?;
+        let guided = opts.prior_guidance > 1.0 || opts.decoder_guidance > 1.0;
+        let n = opts.images_per_prompt;
+        let cond = self.encode_text(prompts, n)?;
+        let batch = cond.embeds.dim(0)?;
+        let text = if guided {
+            self.with_unconditional(cond)?
+        } else {
+            cond
+        };
+
+        let image_embeddings = self.sample_prior(&text, batch, guided, opts, noise, progress)?;
         self.decode(&image_embeddings, &text, guided, opts, noise, progress)
     }
 
@@ -503,28 +631,9 @@ impl UnclipPipeline {
         progress: &mut Progress,
     ) -> Result<Tensor> {
         let batch = image_embeddings.dim(0)?;
-        let image_embeddings = if guided {
-            Tensor::cat(
-                &[
-                    &self.text_proj.null_image_embeddings(batch)?,
-                    image_embeddings,
-                ],
-                0,
-            )?
-        } else {
-            image_embeddings.clone()
-        };
-        let context = self
-            .text_proj
-            .forward(&image_embeddings, &text.embeds, &text.states)?;
-        // The 4 image tokens are always attended to: the text mask gets 4 ones on the left.
-        let extra = self.text_proj.config().clip_extra_context_tokens;
-        let ones = Tensor::ones((text.mask.dim(0)?, extra), DType::U32, &self.device)?;
-        let decoder_mask = Tensor::cat(&[&ones, &text.mask], 1)?;
-
-        let cfg = self.decoder.config();
-        let (h, w) = side(&cfg.sample_size, "decoder.sample_size")?;
-        let channels = cfg.in_channels;
+        let condition =
+            self.decoder_condition(image_embeddings, text, guided, opts.decoder_guidance)?;
+        let (channels, h, w) = self.decoder_shape()?;
         let scheduler = Scheduler::new(&self.decoder_scheduler, opts.sampler, opts.decoder_steps)?;
         let latents = noise.draw(&[batch, channels, h, w], &self.device)?;
         let small = sample_loop(
@@ -533,60 +642,49 @@ impl UnclipPipeline {
             noise,
             Stage::Decoder,
             progress,
-            |_, x, t| {
-                let input = if guided {
-                    Tensor::cat(&[x, x], 0)?
-                } else {
-                    x.clone()
-                };
-                let out = self.decoder.forward(
-                    &input,
-                    &self.timestep(t, input.dim(0)?)?,
-                    &context.encoder_hidden_states,
-                    Some(&context.additive_time_embedding),
-                    Some(&decoder_mask),
-                )?;
-                Ok(if guided {
-                    classifier_free_guidance(&out, opts.decoder_guidance, Some(channels))?
-                } else {
-                    out
-                })
-            },
+            |_, x, t| self.decoder_output(&condition, x, t),
         )?;
         let small = small.clamp(-1.0, 1.0)?;
-
-        let image = match &self.super_res_first {
-            None => small,
-            Some(first) => {
-                let (sh, sw) = self.output_size()?;
-                let scheduler = Scheduler::new(
-                    &self.super_res_scheduler,
-                    opts.sampler,
-                    opts.super_res_steps,
-                )?;
-                let latents = noise.draw(&[batch, channels, sh, sw], &self.device)?;
-                let upscaled = resize_bicubic_antialias(&small, sh, sw)?;
-                let last_step = scheduler.len() - 1;
-                sample_loop(
-                    &scheduler,
-                    latents,
-                    noise,
-                    Stage::SuperRes,
-                    progress,
-                    |i, x, t| {
-                        let unet = match (&self.super_res_last, i == last_step) {
-                            (Some(last), true) => last,
-                            _ => first,
-                        };
-                        let input = Tensor::cat(&[x, &upscaled], 1)?;
-                        Ok(unet.forward(&input, &self.timestep(t, batch)?, None)?)
-                    },
-                )?
-            }
-        };
-        let image = ((image * 0.5)? + 0.5)?.clamp(0.0, 1.0)?;
-        Ok(image.permute((0, 2, 3, 1))?.contiguous()?)
+        let image = self.upsample(&small, opts, noise, progress)?;
+        to_images(&image)
     }
+
+    /// The upsamplers from the decoder's samples in [-1, 1] (the samples themselves without).
+    pub(crate) fn upsample(
+        &self,
+        small: &Tensor,
+        opts: &GenerateOptions,
+        noise: &mut NoiseSource,
+        progress: &mut Progress,
+    ) -> Result<Tensor> {
+        if self.super_res_first.is_none() {
+            return Ok(small.clone());
+        }
+        let (batch, channels, _, _) = small.dims4()?;
+        let (sh, sw) = self.output_size()?;
+        let scheduler = Scheduler::new(
+            &self.super_res_scheduler,
+            opts.sampler,
+            opts.super_res_steps,
+        )?;
+        let latents = noise.draw(&[batch, channels, sh, sw], &self.device)?;
+        let upscaled = resize_bicubic_antialias(small, sh, sw)?;
+        let last_step = scheduler.len() - 1;
+        sample_loop(
+            &scheduler,
+            latents,
+            noise,
+            Stage::SuperRes,
+            progress,
+            |i, x, t| self.super_res_output(i, last_step, x, t, &upscaled),
+        )
+    }
+}
+
+/// (B, C, H, W) in [-1, 1] to (B, H, W, C) in [0, 1].
+pub(crate) fn to_images(samples: &Tensor) -> Result<Tensor> {
+    let image = ((samples * 0.5)? + 0.5)?.clamp(0.0, 1.0)?;
+    Ok(image.permute((0, 2, 3, 1))?.contiguous()?)
 }
 
 fn clone_text(t: &EncodedText) -> EncodedText {

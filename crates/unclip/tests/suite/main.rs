@@ -2,6 +2,7 @@
 
 mod common;
 mod data_sources;
+mod edits;
 mod gradients;
 mod gradients_prior;
 mod gradients_unet;
