@@ -4,6 +4,7 @@ mod bench;
 mod cli;
 mod commands;
 mod data_cmd;
+mod eval_cmd;
 mod generate;
 mod progress;
 mod train_cmd;

@@ -322,6 +322,11 @@ impl UnclipPipeline {
         Ok(())
     }
 
+    /// The device the pipeline's weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// The output resolution.
     pub fn output_size(&self) -> Result<(usize, usize)> {
         match &self.super_res_first {

@@ -2,6 +2,7 @@
 
 mod common;
 mod data_sources;
+mod eval;
 mod gradients;
 mod gradients_prior;
 mod gradients_unet;
