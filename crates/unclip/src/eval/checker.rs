@@ -50,7 +50,9 @@ pub fn check_text(prompt: &str, image: &RgbImage) -> Result<Verdict> {
 }
 
 /// Checks `image` against `prompt`. Images of another size are first resized to the world's
-/// 64x64 canvas (the checker's sizes and margins are in canvas pixels).
+/// 64x64 canvas (the checker's sizes and margins are in canvas pixels) by nearest neighbour:
+/// a smoothing filter would mix colors at every edge, the checker would drop those in-between
+/// pixels, and small shapes would lose their corners (a small triangle turns into a disc).
 pub fn check(prompt: &Prompt, image: &RgbImage) -> Verdict {
     let objects = detect(image);
     let named = named_objects(prompt);
@@ -85,7 +87,7 @@ pub fn detect(image: &RgbImage) -> Vec<DetectedObject> {
     let image = if image.dimensions() == (CANVAS, CANVAS) {
         image
     } else {
-        resized = image::imageops::resize(image, CANVAS, CANVAS, FilterType::Triangle);
+        resized = image::imageops::resize(image, CANVAS, CANVAS, FilterType::Nearest);
         &resized
     };
     segment(image).iter().map(recognize).collect()
