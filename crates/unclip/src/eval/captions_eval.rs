@@ -103,16 +103,13 @@ fn scores(
     images: &[Vec<f32>],
     texts: &[Vec<f32>],
     captions: &[String],
-    halves: Option<(&[Vec<f32>], &[Vec<f32>])>,
+    frechet_distance: Option<f64>,
     seed: u64,
 ) -> Result<CaptionScores> {
     Ok(CaptionScores {
         clip_score: clip_score(images, texts)?,
         r_precision: r_precision(images, texts, captions, seed)?,
-        frechet_distance: match halves {
-            Some((a, b)) => Some(frechet_distance_of(a, b)?),
-            None => None,
-        },
+        frechet_distance,
     })
 }
 
@@ -171,25 +168,29 @@ pub fn evaluate_captions(
     let texts = embed_texts(pipeline, &captions)?;
     let real = embed_images(pipeline, &real)?;
     let generated = embed_images(pipeline, &generated)?;
+    // Half A of a set against the real half B (see the module comment).
     let half = n / 2;
-    let split = |set: &[Vec<f32>]| (half >= 2).then(|| set[..half].to_vec());
     let reference = &real[half..];
-    let generated_half = split(&generated);
-    let real_half = split(&real);
+    let against_reference = |set: &[Vec<f32>]| -> Result<Option<f64>> {
+        if half < 2 {
+            return Ok(None);
+        }
+        Ok(Some(frechet_distance_of(&set[..half], reference)?))
+    };
     Ok(CaptionsReport {
         pairs: n,
         generated: scores(
             &generated,
             &texts,
             &captions,
-            generated_half.as_deref().map(|a| (a, reference)),
+            against_reference(&generated)?,
             opts.seed,
         )?,
         real: scores(
             &real,
             &texts,
             &captions,
-            real_half.as_deref().map(|a| (a, reference)),
+            against_reference(&real)?,
             opts.seed,
         )?,
     })

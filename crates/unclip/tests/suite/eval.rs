@@ -54,7 +54,7 @@ fn rendered_ground_truth_scores_one_on_every_form() {
 }
 
 #[test]
-fn noisy_and_rescaled_renders_still_pass() {
+fn noisy_blurred_and_rescaled_renders_still_pass() {
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     for i in 0..100 {
         let prompt = Prompt::sample(&mut rng, &Form::ALL).unwrap();
@@ -74,6 +74,10 @@ fn noisy_and_rescaled_renders_still_pass() {
         );
         let v = check(&prompt, &big);
         assert!(v.pass, "128 px {prompt}: {}", v.reason);
+        // Soft edges, as a generated image has them.
+        let soft = image::imageops::blur(&rendered(&prompt, i), 0.6);
+        let v = check(&prompt, &soft);
+        assert!(v.pass, "blurred {prompt}: {}", v.reason);
     }
 }
 
