@@ -104,6 +104,12 @@ def main():
                        "tensors": {k: list(v.shape) for k, v in T.items()}}, f, indent=1)
             f.write("\n")
 
+    # Multiply-adds counted as 2 FLOPs (convolutions, matmuls, attention), once per forward.
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(**x)
+    gflop = counter.get_total_flops() / 1e9
+
     for t in [int(s) for s in args.threads.split(",")]:
         torch.set_num_threads(t)
         times = []
@@ -116,7 +122,7 @@ def main():
         print(json.dumps({
             "bench": "unclip_decoder_forward", "impl": "pytorch", "threads": t, "batch": args.batch,
             "size": args.size, "layers_per_block": args.layers, "channels": [64, 128, 192, 256],
-            "params": n_params, "runs": args.runs,
+            "params": n_params, "runs": args.runs, "gflop": round(gflop, 3),
             "median_ms": round(1e3 * statistics.median(times), 2), "min_ms": round(1e3 * min(times), 2),
             "mean_ms": round(1e3 * statistics.fmean(times), 2),
             "torch": torch.__version__, "diffusers": diffusers.__version__,

@@ -18,6 +18,28 @@ pub enum BenchCommand {
     Decoder(BenchDecoderArgs),
     /// One decoder training step (forward, noise MSE, backward, AdamW) on the same folder.
     DecoderTrain(BenchDecoderArgs),
+    /// A whole text-to-image `generate` on a pipeline folder, the model loaded once (warm start);
+    /// tools/bench/generate.py runs diffusers' UnCLIPPipeline on the same folder.
+    Generate(BenchGenerateArgs),
+}
+
+#[derive(Args)]
+pub struct BenchGenerateArgs {
+    /// A diffusers unCLIP pipeline folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "a red circle above a blue square")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 25)]
+    pub prior_steps: usize,
+    #[arg(long, default_value_t = 25)]
+    pub decoder_steps: usize,
+    #[arg(long, default_value_t = 7)]
+    pub super_res_steps: usize,
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
+    #[arg(long)]
+    pub threads: Option<usize>,
 }
 
 #[derive(Args)]
@@ -52,6 +74,7 @@ pub fn run(command: BenchCommand) -> Result<()> {
         BenchCommand::Clip(args) => clip(args),
         BenchCommand::Decoder(args) => decoder(args),
         BenchCommand::DecoderTrain(args) => decoder_train(args),
+        BenchCommand::Generate(args) => generate(args),
     }
 }
 
@@ -251,6 +274,42 @@ fn decoder_train(args: BenchDecoderArgs) -> Result<()> {
     let line = serde_json::json!({
         "impl": "unclip", "bench": "decoder_train_step", "threads": threads, "batch": batch,
         "median_ms": median, "images_per_s": batch as f64 / (median / 1e3),
+    });
+    println!("{line}");
+    Ok(())
+}
+
+fn generate(args: BenchGenerateArgs) -> Result<()> {
+    use unclip::diffusion::NoiseSource;
+    use unclip::pipeline::{GenerateOptions, UnclipPipeline};
+    let threads = use_threads(args.threads);
+    let device = Device::Cpu;
+    let pipeline = UnclipPipeline::load(&args.model, &device)?;
+    let opts = GenerateOptions {
+        prior_steps: args.prior_steps,
+        decoder_steps: args.decoder_steps,
+        super_res_steps: args.super_res_steps,
+        ..GenerateOptions::default()
+    };
+    let prompts = [args.prompt.as_str()];
+    let run = || -> Result<()> {
+        let mut noise = NoiseSource::seeded(0);
+        pipeline.generate(&prompts, &opts, &mut noise, &mut |_, _, _| {})?;
+        Ok(())
+    };
+    run()?; // warm-up: first-touch allocations, thread pool start
+    let mut times = Vec::new();
+    for _ in 0..args.runs.max(1) {
+        let t = Instant::now();
+        run()?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    times.sort_by(f64::total_cmp);
+    let (h, w) = pipeline.output_size()?;
+    let line = serde_json::json!({
+        "impl": "unclip", "bench": "generate", "threads": threads, "size": [h, w],
+        "steps": [args.prior_steps, args.decoder_steps, args.super_res_steps],
+        "runs": times.len(), "median_ms": times[times.len() / 2], "min_ms": times[0],
     });
     println!("{line}");
     Ok(())

@@ -7,6 +7,7 @@ mod data_cmd;
 mod eval_cmd;
 mod generate;
 mod progress;
+mod serve_cmd;
 mod train_cmd;
 
 use clap::Parser;

@@ -13,7 +13,6 @@ mod vision;
 pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig, Pooling};
 pub use loss::contrastive_loss;
 pub use model::{l2_normalize, load_clip_tensors, save_clip, ClipLayout, ClipModel, WEIGHTS_FILE};
-pub(crate) use processor::decode_rgb8;
-pub use processor::{ClipImageProcessor, PROCESSOR_FILE};
+pub use processor::{decode_rgb8, ClipImageProcessor, PROCESSOR_FILE};
 pub use text::{ClipTextTransformer, TextOutput};
 pub use vision::{ClipVisionTransformer, VisionOutput};

@@ -4,9 +4,9 @@
 
 use super::config::ClipVisionConfig;
 use super::encoder::{Encoder, EncoderSpec};
-use crate::nn::LayerNorm;
+use crate::nn::{Conv2d, Conv2dConfig, LayerNorm};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{Conv2d, Conv2dConfig, Init, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 
 #[derive(Debug, Clone)]
 struct VisionEmbeddings {
@@ -25,7 +25,7 @@ impl VisionEmbeddings {
         let class_embedding = vb.get_with_hints(h, "class_embedding", init)?;
         let conv = Conv2dConfig {
             stride: cfg.patch_size,
-            ..Default::default()
+            padding: 0,
         };
         let patch_weight = vb.pp("patch_embedding").get_with_hints(
             (h, cfg.num_channels, cfg.patch_size, cfg.patch_size),

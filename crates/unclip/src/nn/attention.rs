@@ -1,6 +1,8 @@
-//! Softmax and scaled dot-product attention with additive masks, from primitives that record
-//! their backward ops (candle's fused `softmax_last_dim` does not).
+//! Scaled dot-product attention with additive masks: the fused CPU kernel where it applies
+//! (f32 on the CPU), otherwise composed from primitives that record their backward ops
+//! (candle's fused `softmax_last_dim` does not).
 
+use super::flash_attention;
 use super::softmax::softmax_last_dim;
 use candle_core::{DType, Device, Result, Tensor};
 
@@ -12,6 +14,20 @@ pub const MASKED: f32 = -1e9;
 ///
 /// q: (B, H, Tq, D), k and v: (B, H, Tk, D); `mask` is additive and broadcasts to (B, H, Tq, Tk).
 pub fn scaled_dot_product_attention(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    mask: Option<&Tensor>,
+    scale: f64,
+) -> Result<Tensor> {
+    if flash_attention::supports(q, k, v, mask) {
+        return flash_attention::flash_attention(q, k, v, mask, scale);
+    }
+    reference_attention(q, k, v, mask, scale)
+}
+
+/// The composed attention: the fallback for other devices and dtypes, and the kernel's oracle.
+pub(crate) fn reference_attention(
     q: &Tensor,
     k: &Tensor,
     v: &Tensor,

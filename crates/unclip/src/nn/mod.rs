@@ -7,14 +7,26 @@
 
 mod activation;
 mod attention;
+mod conv;
 mod embedding;
+mod fast_exp;
+mod flash_attention;
+mod group_norm_kernel;
+mod kernel_io;
+mod lanes;
+mod layer_norm_kernel;
 mod norm;
 mod resample;
+mod simd;
 mod softmax;
+mod softmax_kernel;
 
 pub use activation::{quick_gelu, sigmoid, Activation};
 pub use attention::{causal_mask, padding_mask, scaled_dot_product_attention, MASKED};
+pub use conv::{conv2d, Conv2d, Conv2dConfig};
 pub use embedding::timestep_embedding;
-pub use norm::{group_norm, layer_norm, GroupNorm, LayerNorm};
+pub use norm::{
+    group_norm, group_norm_scale_shift, group_norm_silu, layer_norm, GroupNorm, LayerNorm,
+};
 pub use resample::{avg_pool_2x, upsample_nearest_2x};
 pub use softmax::{log_softmax_last_dim, softmax_last_dim};

@@ -18,9 +18,9 @@ use super::resnet::ResnetSpec;
 use super::time::{batch_timesteps, with_class_labels, TimeEmbedding, TimeSpec};
 use crate::checkpoint::{read_folder, save_folder};
 use crate::error::Result as CrateResult;
-use crate::nn::{Activation, GroupNorm};
+use crate::nn::{Activation, Conv2d, Conv2dConfig, GroupNorm};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 use std::path::Path;
 
 /// Additive attention bias diffusers gives masked tokens (`(1 - mask) * -10000`).
@@ -52,7 +52,7 @@ fn conv_same(cin: usize, cout: usize, kernel: usize, vb: VarBuilder) -> Result<C
         padding: (kernel - 1) / 2,
         ..Default::default()
     };
-    conv2d(cin, cout, kernel, cfg, vb)
+    Conv2d::load(cin, cout, kernel, cfg, vb)
 }
 
 impl UNet2DConditionModel {
@@ -347,7 +347,7 @@ impl UNet2DConditionModel {
             &inputs,
         )?;
         // 6. Out.
-        let xs = self.conv_act.forward(&self.conv_norm_out.forward(&xs)?)?;
+        let xs = self.conv_norm_out.forward_act(&xs, self.conv_act)?;
         self.conv_out.forward(&xs)
     }
 }

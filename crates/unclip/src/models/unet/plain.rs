@@ -15,9 +15,9 @@ use super::resnet::{ResnetSpec, TimeScaleShift};
 use super::time::{batch_timesteps, with_class_labels, TimeEmbedding, TimeSpec};
 use crate::checkpoint::{read_folder, save_folder};
 use crate::error::Result as CrateResult;
-use crate::nn::{Activation, GroupNorm};
+use crate::nn::{Activation, Conv2d, Conv2dConfig, GroupNorm};
 use candle_core::{DType, Device, Module, Result, Tensor};
-use candle_nn::{conv2d, Conv2d, Conv2dConfig, VarBuilder};
+use candle_nn::VarBuilder;
 use std::path::Path;
 
 pub const CLASS_NAME: &str = "UNet2DModel";
@@ -40,7 +40,7 @@ fn conv3x3(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
         padding: 1,
         ..Default::default()
     };
-    conv2d(cin, cout, 3, cfg, vb)
+    Conv2d::load(cin, cout, 3, cfg, vb)
 }
 
 impl UNet2DModel {
@@ -216,7 +216,7 @@ impl UNet2DModel {
             &self.up_blocks,
             &inputs,
         )?;
-        let xs = self.conv_norm_out.forward(&xs)?.silu()?;
+        let xs = self.conv_norm_out.forward_silu(&xs)?;
         self.conv_out.forward(&xs)
     }
 }

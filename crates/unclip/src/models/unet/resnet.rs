@@ -8,9 +8,9 @@
 //! `upsampling.py` (`Upsample2D`).
 
 use crate::error::{Error, Result as CrateResult};
-use crate::nn::{avg_pool_2x, upsample_nearest_2x, Activation, GroupNorm};
+use crate::nn::{avg_pool_2x, upsample_nearest_2x, Activation, Conv2d, Conv2dConfig, GroupNorm};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{conv2d, linear, Conv2d, Conv2dConfig, Linear, VarBuilder};
+use candle_nn::{linear, Linear, VarBuilder};
 
 /// How the time embedding enters a ResNet block (`resnet_time_scale_shift`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,7 +76,7 @@ fn conv3x3(cin: usize, cout: usize, vb: VarBuilder) -> Result<Conv2d> {
         padding: 1,
         ..Default::default()
     };
-    conv2d(cin, cout, 3, cfg, vb)
+    Conv2d::load(cin, cout, 3, cfg, vb)
 }
 
 impl ResnetBlock2D {
@@ -93,7 +93,7 @@ impl ResnetBlock2D {
         };
         let conv_shortcut = if in_channels != out_channels {
             let cfg = Conv2dConfig::default();
-            Some(conv2d(
+            Some(Conv2d::load(
                 in_channels,
                 out_channels,
                 1,
@@ -126,7 +126,7 @@ impl ResnetBlock2D {
     /// xs: (B, C_in, H, W), temb: (B, T) → (B, C_out, H', W').
     pub fn forward(&self, xs: &Tensor, temb: &Tensor) -> Result<Tensor> {
         let act = self.spec.act;
-        let h = act.forward(&self.norm1.forward(xs)?)?;
+        let h = self.norm1.forward_act(xs, act)?; // norm then activation, fused for SiLU
         let (skip, h) = (self.resample(xs)?, self.resample(&h)?);
         let h = self.conv1.forward(&h)?;
         let temb = if self.spec.skip_time_act {
@@ -134,23 +134,27 @@ impl ResnetBlock2D {
         } else {
             act.forward(temb)?
         };
-        let temb = self
-            .time_emb_proj
-            .forward(&temb)?
-            .unsqueeze(2)?
-            .unsqueeze(3)?; // (B, T', 1, 1)
+        let temb = self.time_emb_proj.forward(&temb)?; // (B, T')
         let h = match self.spec.time_shift {
-            TimeScaleShift::Default => self.norm2.forward(&h.broadcast_add(&temb)?)?,
+            TimeScaleShift::Default => {
+                let temb = temb.unsqueeze(2)?.unsqueeze(3)?; // (B, C, 1, 1)
+                self.norm2.forward_act(&h.broadcast_add(&temb)?, act)?
+            }
             TimeScaleShift::ScaleShift => {
                 let c = temb.dim(1)? / 2;
-                let (scale, shift) = (temb.narrow(1, 0, c)?, temb.narrow(1, c, c)?);
-                self.norm2
-                    .forward(&h)?
-                    .broadcast_mul(&(scale + 1.0)?)?
-                    .broadcast_add(&shift)?
+                let (scale, shift) = (temb.narrow(1, 0, c)?, temb.narrow(1, c, c)?); // (B, C)
+                let fuse_silu = act == Activation::Silu;
+                let h = self
+                    .norm2
+                    .forward_scale_shift(&h, &scale, &shift, fuse_silu)?;
+                if fuse_silu {
+                    h
+                } else {
+                    act.forward(&h)?
+                }
             }
         };
-        let h = self.conv2.forward(&act.forward(&h)?)?;
+        let h = self.conv2.forward(&h)?;
         let skip = match &self.conv_shortcut {
             Some(conv) => conv.forward(&skip)?,
             None => skip,
@@ -174,13 +178,9 @@ pub struct ConvDownsample {
 
 impl ConvDownsample {
     pub fn new(channels: usize, padding: usize, vb: VarBuilder) -> Result<Self> {
-        let cfg = Conv2dConfig {
-            padding,
-            stride: 2,
-            ..Default::default()
-        };
+        let cfg = Conv2dConfig { padding, stride: 2 };
         Ok(Self {
-            conv: conv2d(channels, channels, 3, cfg, vb.pp("conv"))?,
+            conv: Conv2d::load(channels, channels, 3, cfg, vb.pp("conv"))?,
             padding,
         })
     }

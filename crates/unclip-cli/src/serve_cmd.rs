@@ -1,0 +1,70 @@
+//! `unclip serve`: the OpenAI Images API over HTTP (crates/unclip-server).
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Duration;
+use unclip::pipeline::GenerateOptions;
+use unclip_server::{ApiKeys, BatchPolicy, ServerConfig};
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// A diffusers unCLIP pipeline folder: prior/ serves generations, image_encoder/ variations.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub addr: String,
+    /// Accepted Bearer keys, one per line (# comments allowed). Without it no key is needed.
+    #[arg(long)]
+    pub api_key_file: Option<PathBuf>,
+    /// Most images generated in one shared batch (1: no batching).
+    #[arg(long, default_value_t = 8)]
+    pub max_batch: usize,
+    /// Requests that may wait for the model; more are answered 429 with Retry-After.
+    #[arg(long, default_value_t = 64)]
+    pub max_queue: usize,
+    /// How long the first request of a batch waits for others, in milliseconds.
+    #[arg(long, default_value_t = 5)]
+    pub batch_wait_ms: u64,
+    #[arg(long, default_value_t = 25)]
+    pub prior_steps: usize,
+    #[arg(long, default_value_t = 25)]
+    pub decoder_steps: usize,
+    #[arg(long, default_value_t = 7)]
+    pub super_res_steps: usize,
+    /// Requests taking longer than this (seconds, queueing included) are answered 408.
+    #[arg(long, default_value_t = 300)]
+    pub request_timeout: u64,
+    /// How long `response_format: "url"` links work, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    pub url_ttl: u64,
+}
+
+pub fn serve(args: ServeArgs) -> Result<()> {
+    if args.max_batch == 0 || args.max_queue == 0 {
+        bail!("--max-batch and --max-queue must be at least 1");
+    }
+    let api_keys = match &args.api_key_file {
+        Some(path) => ApiKeys::load(path)?,
+        None => ApiKeys::default(),
+    };
+    let config = ServerConfig {
+        options: GenerateOptions {
+            prior_steps: args.prior_steps,
+            decoder_steps: args.decoder_steps,
+            super_res_steps: args.super_res_steps,
+            ..GenerateOptions::default()
+        },
+        api_keys,
+        batch: BatchPolicy {
+            max_batch: args.max_batch,
+            batch_wait: Duration::from_millis(args.batch_wait_ms),
+        },
+        max_queue: args.max_queue,
+        request_timeout: Duration::from_secs(args.request_timeout),
+        url_ttl: Duration::from_secs(args.url_ttl),
+        ..ServerConfig::new(&args.model)
+    };
+    unclip_server::serve_blocking(config, &args.addr)?;
+    Ok(())
+}

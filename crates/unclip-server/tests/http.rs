@@ -1,0 +1,732 @@
+//! The server on loopback (an ephemeral port) with the tiny random-weight pipeline and few
+//! steps, driven over real HTTP: every endpoint and every error path.
+
+#![cfg(unix)]
+
+use reqwest::multipart::{Form, Part};
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use unclip::pipeline::GenerateOptions;
+use unclip_server::{ApiKeys, BatchPolicy, RunningServer, ServerConfig};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/oracle/fixtures")
+}
+
+/// The tiny text-to-image pipeline plus the variation pipeline's image encoder, in one folder
+/// (the committed fixtures hold them apart).
+fn full_model() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("unclip-serve-model-{}", std::process::id()));
+    let model = dir.join("unclip_tiny_full");
+    if model.join("model_index.json").exists() {
+        return model;
+    }
+    let staging = dir.join(format!("staging-{:?}", std::thread::current().id()));
+    std::fs::create_dir_all(&staging).unwrap();
+    let tiny = fixtures().join("unclip_tiny");
+    for entry in std::fs::read_dir(&tiny).unwrap() {
+        let entry = entry.unwrap();
+        std::os::unix::fs::symlink(entry.path(), staging.join(entry.file_name())).unwrap();
+    }
+    for part in ["image_encoder", "feature_extractor"] {
+        let target = fixtures().join("unclip_tiny_variation").join(part);
+        std::os::unix::fs::symlink(target, staging.join(part)).unwrap();
+    }
+    // Another test may have finished first; either folder is the same.
+    let _ = std::fs::rename(&staging, &model);
+    let _ = std::fs::remove_dir_all(&staging);
+    model
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        options: GenerateOptions {
+            prior_steps: 2,
+            decoder_steps: 2,
+            super_res_steps: 2,
+            ..GenerateOptions::default()
+        },
+        ..ServerConfig::new(full_model())
+    }
+}
+
+async fn start(config: ServerConfig) -> (RunningServer, String) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let server = unclip_server::start(config, listener).await.unwrap();
+    let base = format!("http://{}", server.addr);
+    (server, base)
+}
+
+fn png(width: u32, height: u32) -> Vec<u8> {
+    let image = image::RgbImage::from_fn(width, height, |x, y| image::Rgb([x as u8, y as u8, 90]));
+    unclip_server::engine::encode_png(&image).unwrap()
+}
+
+/// Asserts OpenAI's error shape and returns the error object.
+async fn error_of(response: reqwest::Response, status: StatusCode) -> Value {
+    assert_eq!(response.status(), status);
+    let content_type = response.headers()[reqwest::header::CONTENT_TYPE].clone();
+    assert!(content_type
+        .to_str()
+        .unwrap()
+        .starts_with("application/json"));
+    let body: Value = response.json().await.unwrap();
+    let error = body["error"].clone();
+    assert!(
+        error["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    assert!(error["type"].is_string(), "{body}");
+    assert!(
+        error.get("param").is_some() && error.get("code").is_some(),
+        "{body}"
+    );
+    error
+}
+
+fn decode_png(bytes: &[u8]) -> image::DynamicImage {
+    image::load_from_memory_with_format(bytes, image::ImageFormat::Png).unwrap()
+}
+
+fn b64(item: &Value) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD
+        .decode(item["b64_json"].as_str().unwrap())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn generations_and_variations_in_both_formats() {
+    let (server, base) = start(config()).await;
+    let client = Client::new();
+    let url = format!("{base}/v1/images/generations");
+
+    let response = client
+        .post(&url)
+        .json(&json!({"prompt": "a red circle", "n": 2, "size": "32x32", "response_format": "b64_json"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["created"].as_u64().unwrap() > 1_600_000_000);
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let first = b64(&data[0]);
+    let image = decode_png(&first);
+    assert_eq!((image.width(), image.height()), (32, 32));
+
+    // url (the default format): a link on this server that serves the PNG.
+    let body: Value = client
+        .post(&url)
+        .json(&json!({"prompt": "a blue square"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let link = body["data"][0]["url"].as_str().unwrap();
+    assert!(link.starts_with(&format!("{base}/v1/files/")), "{link}");
+    let file = client.get(link).send().await.unwrap();
+    assert_eq!(file.status(), 200);
+    assert_eq!(file.headers()[reqwest::header::CONTENT_TYPE], "image/png");
+    assert_eq!(decode_png(&file.bytes().await.unwrap()).width(), 32);
+    let missing = client
+        .get(format!(
+            "{base}/v1/files/0123456789abcdef0123456789abcdef.png"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let error = error_of(missing, StatusCode::NOT_FOUND).await;
+    assert!(error["message"].as_str().unwrap().contains("expire"));
+
+    // Variations of the generated image, as the openai client sends them.
+    let form = Form::new()
+        .part(
+            "image",
+            Part::bytes(first)
+                .file_name("image.png")
+                .mime_str("image/png")
+                .unwrap(),
+        )
+        .text("n", "3")
+        .text("size", "32x32")
+        .text("response_format", "b64_json");
+    let response = client
+        .post(format!("{base}/v1/images/variations"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3);
+    for item in data {
+        assert_eq!(decode_png(&b64(item)).height(), 32);
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn models_health_metrics_and_page() {
+    let (server, base) = start(config()).await;
+    let client = Client::new();
+    let models: Value = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["object"], "list");
+    assert_eq!(models["data"][0]["id"], "unclip_tiny_full");
+    assert_eq!(models["data"][0]["sizes"][0], "32x32");
+    let health: Value = client
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(health["status"], "ok");
+    let page = client.get(&base).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(page
+        .text()
+        .await
+        .unwrap()
+        .contains("/v1/images/generations"));
+
+    let generated = client
+        .post(format!("{base}/v1/images/generations"))
+        .json(&json!({"prompt": "x", "n": 3}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(generated.status(), 200);
+    let _ = client.get(format!("{base}/nowhere")).send().await.unwrap();
+    let metrics = client.get(format!("{base}/metrics")).send().await.unwrap();
+    assert!(metrics.headers()[reqwest::header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let text = metrics.text().await.unwrap();
+    for line in [
+        "unclip_http_requests_total{route=\"/v1/models\",status=\"200\"} 1",
+        "unclip_http_requests_total{route=\"/v1/images/generations\",status=\"200\"} 1",
+        "unclip_http_requests_total{route=\"unmatched\",status=\"404\"} 1",
+        "unclip_images_generated_total 3",
+        "unclip_queue_depth 0",
+        "unclip_batch_images_count 1",
+        "unclip_http_request_duration_seconds_count{route=\"/healthz\"} 1",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in\n{text}");
+    }
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_generation_requests_get_openai_errors() {
+    let (server, base) = start(config()).await;
+    let client = Client::new();
+    let url = format!("{base}/v1/images/generations");
+    let cases = [
+        (json!({}), "prompt"),
+        (json!({"prompt": ""}), "prompt"),
+        (json!({"prompt": "x".repeat(1001)}), "prompt"),
+        (json!({"prompt": "x", "n": 0}), "n"),
+        (json!({"prompt": "x", "n": 11}), "n"),
+        (json!({"prompt": "x", "size": "256x256"}), "size"),
+        (
+            json!({"prompt": "x", "response_format": "jpeg"}),
+            "response_format",
+        ),
+        (json!({"prompt": "x", "model": "dall-e-3"}), "model"),
+        (json!({"prompt": "x", "quality": "hd"}), "quality"),
+    ];
+    for (body, param) in cases {
+        let response = client.post(&url).json(&body).send().await.unwrap();
+        let error = error_of(response, StatusCode::BAD_REQUEST).await;
+        assert_eq!(error["param"], param, "{body}: {error}");
+        assert_eq!(error["type"], "invalid_request_error");
+    }
+    let size = error_of(
+        client
+            .post(&url)
+            .json(&json!({"prompt": "x", "size": "1024x1024"}))
+            .send()
+            .await
+            .unwrap(),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    assert!(
+        size["message"].as_str().unwrap().contains("allowed: 32x32"),
+        "{size}"
+    );
+
+    let broken = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("{\"prompt\":")
+        .send()
+        .await
+        .unwrap();
+    error_of(broken, StatusCode::BAD_REQUEST).await;
+    let untyped = client
+        .post(&url)
+        .body(r#"{"prompt":"x"}"#)
+        .send()
+        .await
+        .unwrap();
+    error_of(untyped, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    let form = client
+        .post(&url)
+        .form(&[("prompt", "x")])
+        .send()
+        .await
+        .unwrap();
+    error_of(form, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    let huge = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body(format!(r#"{{"prompt":"{}"}}"#, "x".repeat(100_000)))
+        .send()
+        .await
+        .unwrap();
+    error_of(huge, StatusCode::PAYLOAD_TOO_LARGE).await;
+    let wrong_method = client.get(&url).send().await.unwrap();
+    error_of(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await;
+    let unknown = client
+        .get(format!("{base}/v1/images/edits"))
+        .send()
+        .await
+        .unwrap();
+    error_of(unknown, StatusCode::NOT_FOUND).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_variation_requests_get_openai_errors() {
+    let (server, base) = start(config()).await;
+    let client = Client::new();
+    let url = format!("{base}/v1/images/variations");
+    let image = |bytes: Vec<u8>| {
+        Part::bytes(bytes)
+            .file_name("image.png")
+            .mime_str("image/png")
+            .unwrap()
+    };
+    let cases: Vec<(Form, &str, &str)> = vec![
+        (Form::new().text("n", "1"), "image", "required"),
+        (
+            Form::new().part("image", image(b"GIF89a....".to_vec())),
+            "image",
+            "PNG",
+        ),
+        (
+            Form::new().part("image", image(png(16, 8))),
+            "image",
+            "square",
+        ),
+        (
+            Form::new().part("image", image(png(8, 8))).text("n", "0"),
+            "n",
+            "1 to 10",
+        ),
+        (
+            Form::new().part("image", image(png(8, 8))).text("n", "ten"),
+            "n",
+            "1 to 10",
+        ),
+        (
+            Form::new()
+                .part("image", image(png(8, 8)))
+                .text("size", "512x512"),
+            "size",
+            "32x32",
+        ),
+        (
+            Form::new()
+                .part("image", image(png(8, 8)))
+                .text("response_format", "gif"),
+            "response_format",
+            "b64_json",
+        ),
+        (
+            Form::new()
+                .part("image", image(png(8, 8)))
+                .text("mask", "x"),
+            "mask",
+            "unrecognized",
+        ),
+        (
+            Form::new().part("image", image(vec![7u8; 4 * 1024 * 1024 + 1])),
+            "image",
+            "4 MB",
+        ),
+    ];
+    for (form, param, words) in cases {
+        let response = client.post(&url).multipart(form).send().await.unwrap();
+        let error = error_of(response, StatusCode::BAD_REQUEST).await;
+        assert_eq!(error["param"], param, "{error}");
+        assert!(
+            error["message"].as_str().unwrap().contains(words),
+            "{error}"
+        );
+    }
+    let json = client
+        .post(&url)
+        .json(&json!({"image": "x"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(json, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    let no_boundary = client
+        .post(&url)
+        .header("content-type", "multipart/form-data")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    error_of(no_boundary, StatusCode::BAD_REQUEST).await;
+    let too_big = Form::new().part("image", image(vec![0u8; 6 * 1024 * 1024]));
+    let response = client.post(&url).multipart(too_big).send().await.unwrap();
+    error_of(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn api_keys_are_required_when_configured() {
+    let (server, base) = start(ServerConfig {
+        api_keys: ApiKeys::new(vec!["sk-test-one".into(), "sk-test-two".into()]),
+        ..config()
+    })
+    .await;
+    let client = Client::new();
+    let models = format!("{base}/v1/models");
+    let none = client.get(&models).send().await.unwrap();
+    let error = error_of(none, StatusCode::UNAUTHORIZED).await;
+    assert_eq!(error["code"], "invalid_api_key");
+    let wrong = client
+        .get(&models)
+        .bearer_auth("sk-test-on")
+        .send()
+        .await
+        .unwrap();
+    error_of(wrong, StatusCode::UNAUTHORIZED).await;
+    let basic = client
+        .get(&models)
+        .basic_auth("sk-test-one", None::<&str>)
+        .send()
+        .await
+        .unwrap();
+    error_of(basic, StatusCode::UNAUTHORIZED).await;
+    let generation = client
+        .post(format!("{base}/v1/images/generations"))
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(generation, StatusCode::UNAUTHORIZED).await;
+    let variation = client
+        .post(format!("{base}/v1/images/variations"))
+        .multipart(Form::new().text("n", "1"))
+        .send()
+        .await
+        .unwrap();
+    error_of(variation, StatusCode::UNAUTHORIZED).await;
+    for key in ["sk-test-one", "sk-test-two"] {
+        let ok = client.get(&models).bearer_auth(key).send().await.unwrap();
+        assert_eq!(ok.status(), 200);
+    }
+    // Health, metrics and the page stay open (the page asks for the key itself).
+    for path in ["/healthz", "/metrics", "/"] {
+        assert_eq!(
+            client
+                .get(format!("{base}{path}"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    server.shutdown().await.unwrap();
+}
+
+fn slow_config() -> ServerConfig {
+    ServerConfig {
+        options: GenerateOptions {
+            prior_steps: 10,
+            decoder_steps: 10,
+            super_res_steps: 4,
+            ..GenerateOptions::default()
+        },
+        ..config()
+    }
+}
+
+async fn generate(client: Client, base: String, n: usize) -> reqwest::Response {
+    client
+        .post(format!("{base}/v1/images/generations"))
+        .json(&json!({"prompt": "a queue", "n": n, "response_format": "b64_json"}))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_429_with_retry_after() {
+    let (server, base) = start(ServerConfig {
+        max_queue: 1,
+        batch: BatchPolicy {
+            max_batch: 1,
+            batch_wait: Duration::ZERO,
+        },
+        ..config()
+    })
+    .await;
+    let client = Client::new();
+    let requests: Vec<_> = (0..12)
+        .map(|_| generate(client.clone(), base.clone(), 4))
+        .collect();
+    let responses = futures_join_all(requests).await;
+    let mut ok = 0;
+    let mut limited = 0;
+    for response in responses {
+        match response.status() {
+            StatusCode::OK => ok += 1,
+            StatusCode::TOO_MANY_REQUESTS => {
+                let seconds: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!((1..=60).contains(&seconds));
+                let error = error_of(response, StatusCode::TOO_MANY_REQUESTS).await;
+                assert_eq!(error["code"], "rate_limit_exceeded");
+                limited += 1;
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(ok >= 1 && limited >= 1, "ok {ok}, limited {limited}");
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn concurrent_requests_share_batches() {
+    let (server, base) = start(ServerConfig {
+        batch: BatchPolicy {
+            max_batch: 8,
+            batch_wait: Duration::from_millis(300),
+        },
+        ..config()
+    })
+    .await;
+    let client = Client::new();
+    let responses = futures_join_all(
+        (0..4)
+            .map(|_| generate(client.clone(), base.clone(), 2))
+            .collect(),
+    )
+    .await;
+    for response in responses {
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["data"].as_array().unwrap().len(), 2);
+    }
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("unclip_images_generated_total 8"), "{text}");
+    // 4 requests of 2 images: fewer than 4 passes means some were merged.
+    let batches = metric(&text, "unclip_batch_images_count");
+    assert!(
+        batches < 4.0,
+        "{batches} batches for 4 concurrent requests\n{text}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+}
+
+#[tokio::test]
+async fn a_disconnected_client_costs_no_compute() {
+    let (server, base) = start(ServerConfig {
+        batch: BatchPolicy {
+            max_batch: 1,
+            batch_wait: Duration::ZERO,
+        },
+        ..slow_config()
+    })
+    .await;
+    let client = Client::new();
+    let busy = tokio::spawn({
+        let (client, base) = (client.clone(), base.clone());
+        async move { generate(client, base, 10).await.status() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let impatient = Client::builder()
+        .timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let gone = impatient
+        .post(format!("{base}/v1/images/generations"))
+        .json(&json!({"prompt": "never mind", "n": 10}))
+        .send()
+        .await;
+    assert!(gone.is_err(), "the impatient request should have timed out");
+    assert_eq!(busy.await.unwrap(), 200);
+    // The worker meets the abandoned job once the busy one is done.
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metric(&text, "unclip_jobs_skipped_total") >= 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(metric(&text, "unclip_jobs_skipped_total"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "unclip_images_generated_total"),
+        10.0,
+        "{text}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn shutdown_finishes_requests_in_flight() {
+    let (server, base) = start(slow_config()).await;
+    let client = Client::new();
+    let in_flight = tokio::spawn({
+        let (client, base) = (client.clone(), base.clone());
+        async move {
+            let response = generate(client, base, 4).await;
+            let status = response.status();
+            let body: Value = response.json().await.unwrap();
+            (status, body["data"].as_array().map_or(0, Vec::len))
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.shutdown().await.unwrap();
+    assert_eq!(in_flight.await.unwrap(), (StatusCode::OK, 4));
+    assert!(client.get(format!("{base}/healthz")).send().await.is_err());
+}
+
+#[tokio::test]
+async fn slow_requests_time_out_with_408() {
+    let (server, base) = start(ServerConfig {
+        request_timeout: Duration::from_millis(50),
+        ..slow_config()
+    })
+    .await;
+    let response = generate(Client::new(), base, 10).await;
+    let error = error_of(response, StatusCode::REQUEST_TIMEOUT).await;
+    assert!(error["message"].as_str().unwrap().contains("timeout"));
+    server.shutdown().await.unwrap();
+}
+
+/// Fuzz-style: random bytes under random media types to every route never get a 5xx, and the
+/// server still answers afterwards.
+#[tokio::test]
+async fn random_requests_never_get_a_5xx() {
+    use rand::{Rng, SeedableRng};
+    let (server, base) = start(config()).await;
+    let client = Client::new();
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
+    let routes = [
+        "/v1/images/generations",
+        "/v1/images/variations",
+        "/v1/models",
+        "/v1/files/x",
+        "/",
+    ];
+    let types = [
+        "application/json",
+        "multipart/form-data; boundary=XYZ",
+        "multipart/form-data",
+        "text/plain",
+        "application/json; charset=utf-8",
+    ];
+    let seeds: Vec<Vec<u8>> = vec![
+        br#"{"prompt":"a red circle","n":1,"response_format":"b64_json"}"#.to_vec(),
+        b"--XYZ\r\nContent-Disposition: form-data; name=\"n\"\r\n\r\n1\r\n--XYZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".iter().chain(png(8, 8).iter()).chain(b"\r\n--XYZ--\r\n".iter()).copied().collect(),
+    ];
+    for i in 0..150 {
+        let mut body = seeds[i % seeds.len()].clone();
+        for _ in 0..rng.random_range(0..6) {
+            let at = rng.random_range(0..body.len());
+            match rng.random_range(0..3) {
+                0 => body[at] = rng.random(),
+                1 => body.insert(at, rng.random()),
+                _ => body.truncate(at.max(1)),
+            }
+        }
+        let route = routes[rng.random_range(0..routes.len())];
+        let media = types[rng.random_range(0..types.len())];
+        let response = client
+            .post(format!("{base}{route}"))
+            .header("content-type", media)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            !response.status().is_server_error(),
+            "{route} {media}: {}",
+            response.status()
+        );
+    }
+    assert_eq!(
+        client
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    server.shutdown().await.unwrap();
+}
+
+/// Runs the futures concurrently on this task (no extra dependency for join_all).
+async fn futures_join_all<F: std::future::Future<Output = reqwest::Response> + Send + 'static>(
+    futures: Vec<F>,
+) -> Vec<reqwest::Response> {
+    let handles: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::new();
+    for handle in handles {
+        out.push(handle.await.unwrap());
+    }
+    out
+}

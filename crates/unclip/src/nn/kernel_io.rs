@@ -1,0 +1,34 @@
+//! Borrowing the f32 data of CPU tensors inside the custom-op kernels (norm and softmax).
+
+use candle_core::{bail, CpuStorage, Layout, Result, Storage};
+
+/// The contiguous f32 data `layout` describes in `storage`; `what` names the operand in errors.
+pub(super) fn cpu_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    let data = match storage {
+        CpuStorage::F32(data) => data.as_slice(),
+        _ => bail!("{what}: the fused kernel takes f32 data only"),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&data[start..end]),
+        None => bail!(
+            "{what}: expected a contiguous tensor, got strides {:?}",
+            layout.stride()
+        ),
+    }
+}
+
+/// As [`cpu_f32`], for a tensor's storage (as `Tensor::storage_and_layout` returns it).
+pub(super) fn storage_f32<'a>(
+    storage: &'a Storage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a [f32]> {
+    match storage {
+        Storage::Cpu(cpu) => cpu_f32(cpu, layout, what),
+        _ => bail!("{what}: the fused kernel runs on the CPU only"),
+    }
+}

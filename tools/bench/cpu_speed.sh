@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The CPU-speed benchmark: unclip against PyTorch/diffusers on the same weights, inputs and thread
+# counts, in one run, on this machine. Prints one table of ratios (unclip / PyTorch; below 1.0
+# unclip is faster) and the achieved FLOP/s against the CPU's nominal peak.
+#   decoder forward at 32 and 64 px (guided batch of 2, the mid-size Karlo-shaped decoder),
+#   one decoder training step (64 px, AdamW), and a whole `generate` on MODEL (when given),
+#   each at 1 and 2 threads.
+#   tools/bench/cpu_speed.sh [MODEL_DIR] [PYTHON]
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+MODEL=${1:-}
+PY=${2:-/work/venv-oracle/bin/python}
+RUNS=${RUNS:-5}
+D64=/tmp/unclip-bench-decoder
+D32=/tmp/unclip-bench-decoder-32
+[ -f "$D64/bench_inputs.safetensors" ] || "$PY" tools/bench/unclip_decoder.py --save "$D64" --threads 1 --runs 1 > /dev/null
+[ -f "$D32/bench_inputs.safetensors" ] || "$PY" tools/bench/unclip_decoder.py --save "$D32" --size 32 --threads 1 --runs 1 > /dev/null
+cargo build --release -q
+BIN=./target/release/unclip
+OUT=$(mktemp)
+for T in 1 2; do
+  for S in 32 64; do
+    DIR=$D64; [ "$S" = 32 ] && DIR=$D32
+    "$PY" tools/bench/unclip_decoder.py --size "$S" --threads "$T" --runs "$RUNS" >> "$OUT"
+    $BIN bench decoder --dir "$DIR" --threads "$T" --runs "$RUNS" >> "$OUT"
+  done
+  "$PY" tools/bench/decoder_train.py "$D64" --threads "$T" --runs 3 >> "$OUT"
+  $BIN bench decoder-train --dir "$D64" --threads "$T" --runs 3 >> "$OUT"
+  if [ -n "$MODEL" ]; then
+    "$PY" tools/bench/generate.py "$MODEL" --threads "$T" --runs 3 >> "$OUT"
+    $BIN bench generate --model "$MODEL" --threads "$T" --runs 3 >> "$OUT"
+  fi
+done
+"$PY" - "$OUT" <<'PY'
+import json, os, re, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
+def key(r):
+    name = {"unclip_decoder_forward": "decoder forward", "decoder_train_step": "train step"}.get(r["bench"], r["bench"])
+    return (name + (f" {r['size']}px" if r["bench"] == "unclip_decoder_forward" else ""), r["threads"])
+py = {key(r): r for r in rows if r["impl"] == "pytorch"}
+rs = {key(r): r for r in rows if r["impl"] == "unclip"}
+gflop = {r["size"]: r["gflop"] for r in rows if r["impl"] == "pytorch" and "gflop" in r}
+# Nominal peak per core: clock x FLOPs per cycle of the widest FMA this CPU has (2 FMA pipes).
+flags = open("/proc/cpuinfo").read()
+mhz = float(re.search(r"cpu MHz\s*:\s*([\d.]+)", flags).group(1))
+per_cycle = 64 if " avx512f" in flags else 32 if " fma" in flags else 8
+print(f"nominal peak per core: {mhz / 1e3 * per_cycle:.0f} GFLOP/s ({mhz:.0f} MHz x {per_cycle} FLOP/cycle)")
+print(f"{'bench':<22}{'threads':>8}{'pytorch ms':>12}{'unclip ms':>12}{'ratio':>8}{'unclip GFLOP/s':>16}{'of peak':>9}")
+for k in sorted(rs):
+    if k not in py:
+        continue
+    p, u = py[k]["median_ms"], rs[k]["median_ms"]
+    extra = ""
+    size = rs[k].get("size")
+    if rs[k]["bench"] == "unclip_decoder_forward" and size in gflop:
+        rate = gflop[size] / (u / 1e3)
+        peak = mhz / 1e3 * per_cycle * k[1]
+        extra = f"{rate:>16.1f}{rate / peak:>9.0%}"
+    print(f"{k[0]:<22}{k[1]:>8}{p:>12.1f}{u:>12.1f}{u / p:>8.2f}{extra}")
+PY
