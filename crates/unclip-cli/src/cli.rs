@@ -49,6 +49,9 @@ pub enum Command {
     /// Build datasets.
     #[command(subcommand)]
     Data(crate::data_cmd::DataCommand),
+    /// Measure how well a pipeline follows prompts (shapes-world checker, CLIP scores).
+    #[command(subcommand)]
+    Eval(crate::eval_cmd::EvalCommand),
     /// Serve the OpenAI Images API (generations, variations) and a web page over HTTP.
     Serve(crate::serve_cmd::ServeArgs),
 }

@@ -28,6 +28,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Convert(args) => convert(args),
         Command::Data(command) => crate::data_cmd::run(command),
         Command::Bench(command) => crate::bench::run(command),
+        Command::Eval(command) => crate::eval_cmd::run(command),
         Command::Serve(args) => crate::serve_cmd::serve(args),
     }
 }

@@ -4,17 +4,23 @@ use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Instant;
+use unclip::checkpoint::write_atomic;
 use unclip::data::emoji::{
     build_emoji_dataset, train_pattern, EmojiOptions, EmojiStyle, EmojiSummary,
 };
+use unclip::data::shapes::holdout::DEFAULT_HOLDOUT;
 use unclip::data::shapes::{
-    read_prompt_file, write_prompt_renders, write_shapes_dataset, Form, ShapesSummary,
+    read_prompt_file, write_prompt_renders, write_shapes_dataset_excluding, Form, Holdout,
+    ShapesSummary,
 };
 
 #[derive(Subcommand)]
 pub enum DataCommand {
     /// Render a shapes-world dataset (PNG + caption .txt + scene-graph .json per image).
     Shapes(ShapesArgs),
+    /// Write a list of held-out shapes prompts (ones `data shapes` with the same --holdout
+    /// never draws), for `unclip eval shapes --prompts`.
+    ShapesEvalPrompts(ShapesEvalPromptsArgs),
     /// Build captioned emoji WebDataset shards (train + held-out val) from the pinned npm
     /// packages emoji-datasource-twitter/-google@16.0.0 and emojibase-data@17.0.0 (needs npm).
     Emoji(EmojiArgs),
@@ -78,11 +84,32 @@ pub struct ShapesArgs {
     /// sampling them.
     #[arg(long)]
     pub prompts: Option<PathBuf>,
+    /// Share of the grammar's prompts never drawn, chosen by a hash of the prompt so that
+    /// `data shapes-eval-prompts` lists exactly those (0: draw every prompt).
+    #[arg(long, default_value_t = DEFAULT_HOLDOUT, conflicts_with = "prompts")]
+    pub holdout: f64,
+}
+
+#[derive(Args)]
+pub struct ShapesEvalPromptsArgs {
+    /// Output prompt file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The held-out share, as given to `data shapes --holdout`.
+    #[arg(long, default_value_t = DEFAULT_HOLDOUT)]
+    pub holdout: f64,
+    /// Prompts of each form at most (forms with fewer held-out prompts give all they have).
+    #[arg(long, default_value_t = 25)]
+    pub per_form: usize,
+    /// Picks which held-out prompts are listed.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
 }
 
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Shapes(args) => shapes(args),
+        DataCommand::ShapesEvalPrompts(args) => shapes_eval_prompts(args),
         DataCommand::Emoji(args) => emoji(args),
     }
 }
@@ -137,9 +164,19 @@ fn shapes(args: ShapesArgs) -> Result<()> {
             let prompts = read_prompt_file(file)?;
             write_prompt_renders(&args.out, &prompts, args.n, args.seed)?
         }
-        None => write_shapes_dataset(&args.out, args.n, args.seed, &args.forms)?,
+        None => {
+            let holdout = Holdout::new(args.holdout)?;
+            write_shapes_dataset_excluding(&args.out, args.n, args.seed, &args.forms, &holdout)?
+        }
     };
     println!("{}", describe(&summary, start.elapsed().as_secs_f64()));
+    if args.prompts.is_none() && args.holdout > 0.0 {
+        println!(
+            "held out {:.0}% of the prompts; list them with `unclip data shapes-eval-prompts --holdout {}`",
+            args.holdout * 100.0,
+            args.holdout
+        );
+    }
     Ok(())
 }
 
@@ -156,4 +193,30 @@ fn describe(summary: &ShapesSummary, seconds: f64) -> String {
         summary.seed,
         forms.join(", ")
     )
+}
+
+fn shapes_eval_prompts(args: ShapesEvalPromptsArgs) -> Result<()> {
+    let holdout = Holdout::new(args.holdout)?;
+    let prompts = holdout.evaluation_prompts(args.per_form, args.seed)?;
+    let mut text = format!(
+        "# Shapes-world prompts held out from training (`unclip data shapes --holdout {}`), \
+         {} per form at most.\n# Written by: unclip data shapes-eval-prompts --holdout {} \
+         --per-form {} --seed {}\n",
+        args.holdout, args.per_form, args.holdout, args.per_form, args.seed
+    );
+    for p in &prompts {
+        text.push_str(&format!("{p}\n"));
+    }
+    write_atomic(&args.out, text.as_bytes())?;
+    let counts: Vec<String> = Form::ALL
+        .iter()
+        .map(|f| format!("{f} {}", prompts.iter().filter(|p| p.form() == *f).count()))
+        .collect();
+    println!(
+        "wrote {} held-out prompts to {} ({})",
+        prompts.len(),
+        args.out.display(),
+        counts.join(", ")
+    );
+    Ok(())
 }

@@ -5,6 +5,7 @@ mod cli;
 mod commands;
 mod data_cmd;
 mod edit_cmd;
+mod eval_cmd;
 mod generate;
 mod progress;
 mod serve_cmd;

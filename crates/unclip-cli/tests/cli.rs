@@ -807,3 +807,202 @@ fn edit_repaints_the_transparent_region_and_names_bad_masks() {
         stderr(&out)
     );
 }
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const FEW_STEPS: [&str; 6] = [
+    "--prior-steps",
+    "2",
+    "--decoder-steps",
+    "2",
+    "--super-res-steps",
+    "2",
+];
+
+#[test]
+fn eval_shapes_runs_on_the_tiny_pipeline_and_reports_every_form() {
+    let dir = scratch("eval-shapes");
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "# one of each form\na red circle\nthree blue squares\n\
+         a red circle and a green triangle\na yellow square above a purple circle\n",
+    )
+    .unwrap();
+    let model = fixtures().join("unclip_tiny");
+    let save = dir.join("saved");
+    let mut args = vec![
+        "eval",
+        "shapes",
+        "--model",
+        s(&model),
+        "--prompts",
+        s(&prompts),
+        "--images-per-prompt",
+        "2",
+        "--save-dir",
+        s(&save),
+    ];
+    args.extend(FEW_STEPS);
+    let out = unclip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for line in [
+        "8 images",
+        "single ",
+        "counting ",
+        "pair ",
+        "relation ",
+        "colors ",
+        "binding ",
+        "overall ",
+    ] {
+        assert!(text.contains(line), "no `{line}` in:\n{text}");
+    }
+    let pngs = std::fs::read_dir(&save)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "png")
+        })
+        .count();
+    assert_eq!(pngs, 8);
+    let verdicts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(save.join("verdicts.json")).unwrap()).unwrap();
+    let images = verdicts["images"].as_array().unwrap();
+    assert_eq!(images.len(), 8);
+    assert_eq!(images[2]["prompt"], "three blue squares");
+    let file = images[2]["file"].as_str().unwrap();
+    assert!(save.join(file).is_file(), "{file}");
+
+    // --json: the same score, machine-readable; a non-empty --save-dir is refused.
+    args.push("--json");
+    let out = unclip(&args);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not empty"), "{}", stderr(&out));
+    let args: Vec<&str> = args
+        .iter()
+        .copied()
+        .filter(|a| *a != "--save-dir" && *a != s(&save))
+        .collect();
+    let out = unclip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let score: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(score, verdicts["score"]);
+    for form in ["single", "counting", "pair", "relation"] {
+        assert_eq!(score["per_form"][form]["images"], 2, "{form}");
+    }
+}
+
+#[test]
+fn eval_shapes_names_a_prompt_outside_the_grammar() {
+    let dir = scratch("eval-bad-prompt");
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(&prompts, "a red circle\na red hexagon\n").unwrap();
+    let model = fixtures().join("unclip_tiny");
+    let out = unclip(&[
+        "eval",
+        "shapes",
+        "--model",
+        s(&model),
+        "--prompts",
+        s(&prompts),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("prompts.txt:2"), "{err}");
+    assert!(err.contains("\"a red hexagon\""), "{err}");
+}
+
+#[test]
+fn eval_captions_scores_generated_and_real_images() {
+    let dir = scratch("eval-captions");
+    let model = dir.join("model");
+    copy_dir(&fixtures().join("unclip_tiny"), &model);
+    for part in ["image_encoder", "feature_extractor"] {
+        copy_dir(
+            &fixtures().join("unclip_tiny_variation").join(part),
+            &model.join(part),
+        );
+    }
+    let data = dir.join("data");
+    let made = unclip(&["data", "shapes", "--n", "12", "--out", s(&data)]);
+    assert!(made.status.success(), "{}", stderr(&made));
+    let mut args = vec![
+        "eval",
+        "captions",
+        "--model",
+        s(&model),
+        "--data",
+        s(&data),
+        "--limit",
+        "6",
+    ];
+    args.extend(FEW_STEPS);
+    let out = unclip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for word in [
+        "6 pairs",
+        "CLIP score",
+        "R-precision",
+        "Fréchet",
+        "generated",
+        "real",
+    ] {
+        assert!(text.contains(word), "no `{word}` in:\n{text}");
+    }
+    args.push("--json");
+    let out = unclip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["pairs"], 6);
+    for set in ["generated", "real"] {
+        assert!(report[set]["clip_score"].is_number(), "{report}");
+        assert!(report[set]["r_precision"]["score"].is_number(), "{report}");
+        assert!(report[set]["frechet_distance"].is_number(), "{report}");
+    }
+}
+
+#[test]
+fn shapes_eval_prompts_are_never_drawn_for_training() {
+    let dir = scratch("eval-holdout");
+    let list = dir.join("eval.txt");
+    let out = unclip(&[
+        "data",
+        "shapes-eval-prompts",
+        "--out",
+        s(&list),
+        "--holdout",
+        "0.3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let held: std::collections::HashSet<String> = std::fs::read_to_string(&list)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(str::to_string)
+        .collect();
+    assert!(held.len() > 20, "{}", held.len());
+    let data = dir.join("data");
+    let out = unclip(&[
+        "data",
+        "shapes",
+        "--n",
+        "400",
+        "--out",
+        s(&data),
+        "--holdout",
+        "0.3",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let captions = unclip::data::ImageFolder::scan(&data).unwrap();
+    for item in &captions.items {
+        assert!(!held.contains(&item.caption), "{}", item.caption);
+    }
+}

@@ -9,6 +9,7 @@ pub mod clip;
 pub mod data;
 pub mod diffusion;
 pub mod error;
+pub mod eval;
 pub mod imageops;
 pub mod models;
 pub mod nn;

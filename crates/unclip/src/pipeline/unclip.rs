@@ -331,6 +331,7 @@ impl UnclipPipeline {
         Ok(())
     }
 
+    /// The device the pipeline's weights live on.
     pub fn device(&self) -> &Device {
         &self.device
     }

@@ -3,6 +3,7 @@
 mod common;
 mod data_sources;
 mod edits;
+mod eval;
 mod gradients;
 mod gradients_prior;
 mod gradients_unet;

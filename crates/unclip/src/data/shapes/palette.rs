@@ -178,6 +178,14 @@ impl RelationMargin {
         min_offset: 8.0,
         max_across_ratio: 0.5,
     };
+
+    /// The margin the checker asks of generated images: looser than [`Self::SCENE`], so every
+    /// rendered scene passes with room to spare, but still a clear offset along the relation's
+    /// axis that dominates the other axis.
+    pub const CHECK: RelationMargin = RelationMargin {
+        min_offset: 4.0,
+        max_across_ratio: 1.0,
+    };
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

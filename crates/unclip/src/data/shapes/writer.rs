@@ -8,6 +8,7 @@
 //! the PNG last, so an interrupted run never leaves an image without its caption.
 
 use super::grammar::{Form, Prompt};
+use super::holdout::{all_prompts, Holdout};
 use super::render::{encode_png, render};
 use super::scene::Scene;
 use crate::checkpoint::write_atomic;
@@ -53,13 +54,42 @@ pub fn write_shapes_dataset(
     seed: u64,
     forms: &[Form],
 ) -> Result<ShapesSummary> {
+    write_shapes_dataset_excluding(out, n, seed, forms, &Holdout::NONE)
+}
+
+/// [`write_shapes_dataset`] with no prompt that `holdout` holds out: a held-out prompt drawn
+/// is drawn again from the same item stream, so the bytes still depend only on the seed, the
+/// index and the holdout.
+pub fn write_shapes_dataset_excluding(
+    out: &Path,
+    n: usize,
+    seed: u64,
+    forms: &[Form],
+    holdout: &Holdout,
+) -> Result<ShapesSummary> {
     if forms.is_empty() {
         return Err(Error::InvalidInput(
             "no prompt forms given: name at least one of single, counting, pair, relation"
                 .to_string(),
         ));
     }
-    write_items(out, n, seed, |_, rng| Prompt::sample(rng, forms))
+    // Without a trainable prompt of some form, drawing again would never end.
+    let all = all_prompts();
+    if let Some(form) = forms
+        .iter()
+        .find(|&&f| all.iter().all(|p| p.form() != f || holdout.holds_out(p)))
+    {
+        return Err(Error::InvalidInput(format!(
+            "holdout fraction {} holds out every {form} prompt: lower it",
+            holdout.fraction()
+        )));
+    }
+    write_items(out, n, seed, |_, rng| loop {
+        let prompt = Prompt::sample(rng, forms)?;
+        if !holdout.holds_out(&prompt) {
+            return Ok(prompt);
+        }
+    })
 }
 
 /// Writes `per_prompt` images of each prompt, in order: items `j * per_prompt ..

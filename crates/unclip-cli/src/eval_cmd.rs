@@ -1,0 +1,232 @@
+//! `unclip eval ...`: score a pipeline on the shapes world or on captioned data.
+
+use crate::progress;
+use anyhow::{Context, Result};
+use candle_core::Device;
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+use unclip::data::shapes::{read_prompt_file, Form};
+use unclip::data::DataSource;
+use unclip::diffusion::Sampler;
+use unclip::eval::{
+    evaluate_captions, evaluate_shapes, CaptionScores, CaptionsEvalOptions, CaptionsReport,
+    ShapesEvalOptions, ShapesScore, VerdictFolder,
+};
+use unclip::pipeline::{GenerateOptions, UnclipPipeline};
+
+#[derive(Subcommand)]
+pub enum EvalCommand {
+    /// Compositional accuracy on shapes-world prompts, judged exactly by the checker
+    /// (shared/SHAPES.md): per form (single, counting, pair, relation), colors, binding, overall.
+    Shapes(EvalShapesArgs),
+    /// CLIP score, R-precision and Fréchet distance of images generated from a dataset's
+    /// captions, beside the same numbers for its real images (the ceiling).
+    Captions(EvalCaptionsArgs),
+}
+
+/// Sampling settings; each one left out keeps the pipeline default (`unclip generate`'s).
+#[derive(Args)]
+pub struct EvalSamplingArgs {
+    #[arg(long)]
+    pub prior_steps: Option<usize>,
+    #[arg(long)]
+    pub decoder_steps: Option<usize>,
+    #[arg(long)]
+    pub super_res_steps: Option<usize>,
+    #[arg(long)]
+    pub prior_guidance: Option<f64>,
+    #[arg(long)]
+    pub decoder_guidance: Option<f64>,
+    /// ddpm, ddim or dpm++.
+    #[arg(long, value_parser = ["ddpm", "ddim", "dpm++"])]
+    pub sampler: Option<String>,
+    /// DDIM's eta (0: deterministic).
+    #[arg(long, default_value_t = 0.0)]
+    pub eta: f64,
+    #[arg(long)]
+    pub prior_candidates: Option<usize>,
+}
+
+impl EvalSamplingArgs {
+    fn options(&self) -> Result<GenerateOptions> {
+        let d = GenerateOptions::default();
+        let sampler = match &self.sampler {
+            Some(name) => Sampler::parse(name, self.eta)?,
+            None => d.sampler,
+        };
+        Ok(GenerateOptions {
+            prior_steps: self.prior_steps.unwrap_or(d.prior_steps),
+            decoder_steps: self.decoder_steps.unwrap_or(d.decoder_steps),
+            super_res_steps: self.super_res_steps.unwrap_or(d.super_res_steps),
+            prior_guidance: self.prior_guidance.unwrap_or(d.prior_guidance),
+            decoder_guidance: self.decoder_guidance.unwrap_or(d.decoder_guidance),
+            prior_candidates: self.prior_candidates.unwrap_or(d.prior_candidates),
+            sampler,
+            ..d
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct EvalShapesArgs {
+    /// A diffusers unCLIP pipeline folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Prompt file: one shapes-world prompt per line (blank lines and # comments skipped),
+    /// e.g. models/shapes/eval-prompts.txt.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub images_per_prompt: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the score as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Keep every image here, named PPPP-K-pass.png / -fail.png, with verdicts.json.
+    #[arg(long)]
+    pub save_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub sampling: EvalSamplingArgs,
+}
+
+#[derive(Args)]
+pub struct EvalCaptionsArgs {
+    /// A diffusers unCLIP pipeline folder with its CLIP image tower (image_encoder/).
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Held-out captioned data: an image folder with .txt captions or WebDataset shards.
+    #[arg(long)]
+    pub data: String,
+    /// Pairs to evaluate (100 gives R-precision its 99 distractors).
+    #[arg(long, default_value_t = 100)]
+    pub limit: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Captions generated per pipeline call.
+    #[arg(long, default_value_t = 8)]
+    pub batch: usize,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub sampling: EvalSamplingArgs,
+}
+
+pub fn run(command: EvalCommand) -> Result<()> {
+    match command {
+        EvalCommand::Shapes(args) => shapes(args),
+        EvalCommand::Captions(args) => captions(args),
+    }
+}
+
+fn shapes(args: EvalShapesArgs) -> Result<()> {
+    let prompts = read_prompt_file(&args.prompts)?;
+    let opts = ShapesEvalOptions {
+        images_per_prompt: args.images_per_prompt,
+        seed: args.seed,
+        generate: args.sampling.options()?,
+    };
+    let mut folder = args
+        .save_dir
+        .as_deref()
+        .map(VerdictFolder::create)
+        .transpose()?;
+    let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
+    let total = prompts.len() * args.images_per_prompt;
+    let bar = progress::bar(total as u64, "images");
+    let (score, verdicts) = evaluate_shapes(&pipeline, &prompts, &opts, &mut |judged| {
+        bar.inc(1);
+        match folder.as_mut() {
+            Some(folder) => folder.save(judged),
+            None => Ok(()),
+        }
+    })?;
+    bar.finish();
+    if let Some(folder) = &folder {
+        let path = folder.finish(&score, &verdicts)?;
+        eprintln!("wrote the images and {}", path.display());
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&score)?);
+    } else {
+        println!("{}", describe_shapes(&score));
+    }
+    Ok(())
+}
+
+fn describe_shapes(score: &ShapesScore) -> String {
+    let mut lines = vec![format!("{} images", score.images)];
+    for form in Form::ALL {
+        lines.push(match score.per_form.get(&form) {
+            Some(f) => format!(
+                "{:<9} {:.3}  ({}/{})",
+                form.name(),
+                f.accuracy,
+                f.passed,
+                f.images
+            ),
+            None => format!("{:<9} -      (no prompts of this form)", form.name()),
+        });
+    }
+    lines.push(format!("{:<9} {:.3}", "colors", score.colors));
+    lines.push(match score.binding {
+        Some(b) => format!("{:<9} {b:.3}", "binding"),
+        None => format!("{:<9} -      (no pair or relation prompts)", "binding"),
+    });
+    lines.push(format!(
+        "{:<9} {:.3}  (mean of the per-form accuracies)",
+        "overall", score.overall
+    ));
+    lines.join("\n")
+}
+
+fn captions(args: EvalCaptionsArgs) -> Result<()> {
+    let source = DataSource::open(&args.data).with_context(|| format!("--data {}", args.data))?;
+    let opts = CaptionsEvalOptions {
+        limit: args.limit,
+        seed: args.seed,
+        batch: args.batch,
+        generate: args.sampling.options()?,
+    };
+    let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
+    let bar = progress::bar(args.limit as u64, "images");
+    let report = evaluate_captions(&pipeline, &source, &opts, &mut |done, total| {
+        bar.set_length(total as u64);
+        bar.set_position(done as u64);
+    })?;
+    bar.finish();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", describe_captions(&report));
+    }
+    Ok(())
+}
+
+fn describe_captions(report: &CaptionsReport) -> String {
+    let row = |name: &str, s: &CaptionScores| {
+        let fd = s
+            .frechet_distance
+            .map_or("-".to_string(), |d| format!("{d:.4}"));
+        format!(
+            "{name:<10} {:>10.2} {:>12.3} {:>10}",
+            s.clip_score, s.r_precision.score, fd
+        )
+    };
+    let r = &report.generated.r_precision;
+    [
+        format!(
+            "{} pairs; R-precision ranks each image's caption among {} candidates; Fréchet \
+             distance against the real images of the other half",
+            report.pairs, r.candidates
+        ),
+        format!(
+            "{:<10} {:>10} {:>12} {:>10}",
+            "images", "CLIP score", "R-precision", "Fréchet"
+        ),
+        row("generated", &report.generated),
+        row("real", &report.real),
+    ]
+    .join("\n")
+}

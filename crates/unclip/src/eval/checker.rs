@@ -1,0 +1,179 @@
+//! The shapes-world checker (shared/SHAPES.md, "The checker"): scores one image against one
+//! prompt, exactly, with no detector network.
+//!
+//! The image is segmented into blobs (segment.rs) and each blob named (recognize.rs); the
+//! objects found are then compared with what the prompt asks for:
+//! - single: exactly one object, of the named color and shape (and size class, if named);
+//! - counting: exactly N objects, all of the named color and shape;
+//! - pair: exactly the two named objects;
+//! - relation: exactly the two named objects, their centroids in the named relation with
+//!   [`RelationMargin::CHECK`].
+//!
+//! Extra objects fail every form: a model that paints a third shape has not drawn the prompt.
+//! Beside the verdict, two partial scores: *colors* (the set of colors present is the set the
+//! prompt names) and *binding* (for the two-object forms: each named color sits on its named
+//! shape, so "a red circle and a blue square" drawn as a blue circle and a red square has the
+//! right colors and the wrong binding).
+
+use super::recognize::{recognize, DetectedObject};
+use super::segment::segment;
+use crate::data::shapes::grammar::{ColoredShape, Form, Prompt};
+use crate::data::shapes::palette::{Color, RelationMargin, Shape};
+use crate::data::shapes::scene::CANVAS;
+use crate::error::Result;
+use image::imageops::FilterType;
+use image::RgbImage;
+use serde::Serialize;
+use std::collections::BTreeSet;
+
+/// The checker's judgement of one image.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Verdict {
+    pub prompt: Prompt,
+    pub form: Form,
+    /// The image shows the prompt: every requirement of its form holds.
+    pub pass: bool,
+    /// The colors present are exactly the colors named.
+    pub colors: bool,
+    /// Pair and relation prompts: both named (color, shape) pairs are present and no other
+    /// pairing is. `None` for single and counting prompts.
+    pub binding: Option<bool>,
+    /// Why the image fails, in words; empty when it passes.
+    pub reason: String,
+    pub objects: Vec<DetectedObject>,
+}
+
+/// Parses `prompt` with the shapes grammar and checks `image` against it. A prompt outside the
+/// grammar is `Error::InvalidInput` naming it.
+pub fn check_text(prompt: &str, image: &RgbImage) -> Result<Verdict> {
+    Ok(check(&Prompt::parse(prompt)?, image))
+}
+
+/// Checks `image` against `prompt`. Images of another size are first resized to the world's
+/// 64x64 canvas (the checker's sizes and margins are in canvas pixels) by nearest neighbour:
+/// a smoothing filter would mix colors at every edge, the checker would drop those in-between
+/// pixels, and small shapes would lose their corners (a small triangle turns into a disc).
+pub fn check(prompt: &Prompt, image: &RgbImage) -> Verdict {
+    let objects = detect(image);
+    let named = named_objects(prompt);
+    let colors_named: BTreeSet<Color> = named.iter().map(|o| o.color).collect();
+    let colors_found: BTreeSet<Color> = objects.iter().map(|o| o.color).collect();
+    let colors = colors_named == colors_found;
+    let binding = match prompt.form() {
+        Form::Pair | Form::Relation => {
+            let named: BTreeSet<(Color, Option<Shape>)> =
+                named.iter().map(|o| (o.color, Some(o.shape))).collect();
+            let found: BTreeSet<(Color, Option<Shape>)> =
+                objects.iter().map(|o| (o.color, o.shape)).collect();
+            Some(named == found)
+        }
+        Form::Single | Form::Counting => None,
+    };
+    let reason = failure(prompt, &objects).unwrap_or_default();
+    Verdict {
+        prompt: *prompt,
+        form: prompt.form(),
+        pass: reason.is_empty(),
+        colors,
+        binding,
+        reason,
+        objects,
+    }
+}
+
+/// The objects in `image`, in scan order.
+pub fn detect(image: &RgbImage) -> Vec<DetectedObject> {
+    let resized;
+    let image = if image.dimensions() == (CANVAS, CANVAS) {
+        image
+    } else {
+        resized = image::imageops::resize(image, CANVAS, CANVAS, FilterType::Nearest);
+        &resized
+    };
+    segment(image).iter().map(recognize).collect()
+}
+
+/// The (color, shape) of each object the prompt names, with repeats for counts.
+fn named_objects(prompt: &Prompt) -> Vec<ColoredShape> {
+    match *prompt {
+        Prompt::Single { color, shape, .. } => vec![ColoredShape { color, shape }],
+        Prompt::Counting { n, color, shape } => vec![ColoredShape { color, shape }; n.get()],
+        Prompt::Pair { a, b } | Prompt::Relation { a, b, .. } => vec![a, b],
+    }
+}
+
+fn describe(o: &DetectedObject) -> String {
+    let shape = o.shape.map_or("blob of no known shape", |s| s.name());
+    format!("a {} {} {shape}", o.size.name(), o.color.name())
+}
+
+fn is(o: &DetectedObject, want: ColoredShape) -> bool {
+    o.color == want.color && o.shape == Some(want.shape)
+}
+
+/// `None` when `objects` show `prompt`, otherwise what is wrong.
+fn failure(prompt: &Prompt, objects: &[DetectedObject]) -> Option<String> {
+    let found = || {
+        let all: Vec<String> = objects.iter().map(describe).collect();
+        if all.is_empty() {
+            "nothing".to_string()
+        } else {
+            all.join(", ")
+        }
+    };
+    let named = named_objects(prompt);
+    if objects.len() != named.len() {
+        return Some(format!(
+            "expected {} object(s), found {}: {}",
+            named.len(),
+            objects.len(),
+            found()
+        ));
+    }
+    match *prompt {
+        Prompt::Single { size, color, shape } => {
+            let o = &objects[0];
+            if !is(o, ColoredShape { color, shape }) {
+                return Some(format!("found {}", found()));
+            }
+            if size.is_some_and(|s| s != o.size) {
+                return Some(format!("found {}, the wrong size", found()));
+            }
+            None
+        }
+        Prompt::Counting { color, shape, .. } => {
+            let want = ColoredShape { color, shape };
+            (!objects.iter().all(|o| is(o, want))).then(|| format!("found {}", found()))
+        }
+        Prompt::Pair { a, b } => match_pair(objects, a, b)
+            .is_none()
+            .then(|| format!("found {}", found())),
+        Prompt::Relation { a, relation, b } => match match_pair(objects, a, b) {
+            None => Some(format!("found {}", found())),
+            Some((oa, ob)) => (!relation.holds(oa.centroid, ob.centroid, RelationMargin::CHECK))
+                .then(|| {
+                    format!(
+                        "both objects are there, but {a} at ({:.1}, {:.1}) is not {} {b} at ({:.1}, {:.1})",
+                        oa.centroid[0],
+                        oa.centroid[1],
+                        relation.phrase(),
+                        ob.centroid[0],
+                        ob.centroid[1]
+                    )
+                }),
+        },
+    }
+}
+
+/// The two objects as (a, b) when they are exactly `a` and `b` in some order.
+fn match_pair(
+    objects: &[DetectedObject],
+    a: ColoredShape,
+    b: ColoredShape,
+) -> Option<(&DetectedObject, &DetectedObject)> {
+    match objects {
+        [first, second] if is(first, a) && is(second, b) => Some((first, second)),
+        [first, second] if is(first, b) && is(second, a) => Some((second, first)),
+        _ => None,
+    }
+}

@@ -1,0 +1,83 @@
+//! Aggregating verdicts into the shapes-world report (shared/SHAPES.md, "Reports accuracy per
+//! form and overall (the mean of the per-form accuracies), as JSON").
+//!
+//! Accuracy is over images (a prompt with K images counts K times). The overall score is the
+//! unweighted mean of the accuracies of the forms that were evaluated, so a prompt list heavy
+//! in one form does not hide a failing form. Colors are averaged over all images, binding over
+//! the pair and relation images (the only forms it applies to).
+
+use super::checker::Verdict;
+use crate::data::shapes::grammar::Form;
+use serde::Serialize;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FormScore {
+    pub images: usize,
+    pub passed: usize,
+    pub accuracy: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ShapesScore {
+    pub images: usize,
+    /// Only the forms that had at least one image.
+    pub per_form: BTreeMap<Form, FormScore>,
+    /// Share of images whose colors are right.
+    pub colors: f64,
+    /// Share of pair and relation images whose binding is right; `None` without such images.
+    pub binding: Option<f64>,
+    /// The mean of the per-form accuracies (0 when nothing was scored).
+    pub overall: f64,
+}
+
+impl ShapesScore {
+    pub fn from_verdicts<'a>(verdicts: impl IntoIterator<Item = &'a Verdict>) -> ShapesScore {
+        let mut per_form: BTreeMap<Form, (usize, usize)> = BTreeMap::new();
+        let (mut images, mut colors) = (0usize, 0usize);
+        let (mut bound, mut binding_images) = (0usize, 0usize);
+        for v in verdicts {
+            images += 1;
+            let entry = per_form.entry(v.form).or_default();
+            entry.0 += 1;
+            entry.1 += usize::from(v.pass);
+            colors += usize::from(v.colors);
+            if let Some(b) = v.binding {
+                binding_images += 1;
+                bound += usize::from(b);
+            }
+        }
+        let per_form: BTreeMap<Form, FormScore> = per_form
+            .into_iter()
+            .map(|(form, (images, passed))| {
+                let accuracy = passed as f64 / images as f64;
+                let score = FormScore {
+                    images,
+                    passed,
+                    accuracy,
+                };
+                (form, score)
+            })
+            .collect();
+        let overall = if per_form.is_empty() {
+            0.0
+        } else {
+            per_form.values().map(|f| f.accuracy).sum::<f64>() / per_form.len() as f64
+        };
+        ShapesScore {
+            images,
+            per_form,
+            colors: ratio(colors, images),
+            binding: (binding_images > 0).then(|| ratio(bound, binding_images)),
+            overall,
+        }
+    }
+}
+
+fn ratio(part: usize, whole: usize) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}

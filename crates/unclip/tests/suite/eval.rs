@@ -1,0 +1,307 @@
+//! Evaluation end to end: the shapes-world checker on rendered scenes (the ground truth must
+//! score 1, a blank image 0, swapped colors must fail binding), held-out prompts kept out of
+//! training data, and both pipeline evaluations on the tiny reference pipeline.
+
+use crate::common::{oracle_dir, scratch_dir};
+use candle_core::Device;
+use image::{Rgb, RgbImage};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use std::path::Path;
+use unclip::data::shapes::palette::BACKGROUND;
+use unclip::data::shapes::{
+    render, write_shapes_dataset_excluding, Form, Holdout, Prompt, Scene, CANVAS,
+};
+use unclip::data::{DataSource, ImageFolder};
+use unclip::eval::{
+    check, check_text, evaluate_captions, evaluate_shapes, CaptionsEvalOptions, ShapesEvalOptions,
+    ShapesScore,
+};
+use unclip::pipeline::{GenerateOptions, UnclipPipeline};
+
+fn rendered(prompt: &Prompt, seed: u64) -> RgbImage {
+    render(&Scene::sample(prompt, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap())
+}
+
+fn parse(text: &str) -> Prompt {
+    Prompt::parse(text).unwrap()
+}
+
+#[test]
+fn rendered_ground_truth_scores_one_on_every_form() {
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let mut verdicts = Vec::new();
+    for form in Form::ALL {
+        for i in 0..150 {
+            let prompt = Prompt::sample_form(&mut rng, form);
+            let v = check(&prompt, &rendered(&prompt, i));
+            assert!(v.pass, "{prompt}: {}", v.reason);
+            assert!(v.colors, "{prompt}");
+            let two_objects = matches!(form, Form::Pair | Form::Relation);
+            assert_eq!(v.binding, two_objects.then_some(true), "{prompt}");
+            verdicts.push(v);
+        }
+    }
+    let score = ShapesScore::from_verdicts(&verdicts);
+    assert_eq!(score.per_form.len(), 4);
+    for (form, f) in &score.per_form {
+        assert_eq!(f.accuracy, 1.0, "{form}");
+    }
+    assert_eq!(
+        (score.colors, score.binding, score.overall),
+        (1.0, Some(1.0), 1.0)
+    );
+}
+
+#[test]
+fn noisy_blurred_and_rescaled_renders_still_pass() {
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    for i in 0..100 {
+        let prompt = Prompt::sample(&mut rng, &Form::ALL).unwrap();
+        let mut image = rendered(&prompt, i);
+        for p in image.pixels_mut() {
+            for c in p.0.iter_mut() {
+                *c = (*c as i32 + rng.random_range(-20..=20)).clamp(0, 255) as u8;
+            }
+        }
+        let v = check(&prompt, &image);
+        assert!(v.pass, "noisy {prompt}: {}", v.reason);
+        let big = image::imageops::resize(
+            &rendered(&prompt, i),
+            2 * CANVAS,
+            2 * CANVAS,
+            image::imageops::FilterType::Nearest,
+        );
+        let v = check(&prompt, &big);
+        assert!(v.pass, "128 px {prompt}: {}", v.reason);
+        // Soft edges, as a generated image has them.
+        let soft = image::imageops::blur(&rendered(&prompt, i), 0.6);
+        let v = check(&prompt, &soft);
+        assert!(v.pass, "blurred {prompt}: {}", v.reason);
+    }
+}
+
+#[test]
+fn a_blank_image_scores_zero() {
+    let blank = RgbImage::from_pixel(CANVAS, CANVAS, Rgb(BACKGROUND));
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    let verdicts: Vec<_> = Form::ALL
+        .iter()
+        .flat_map(|&form| (0..10).map(move |_| form))
+        .map(|form| check(&Prompt::sample_form(&mut rng, form), &blank))
+        .collect();
+    assert!(verdicts
+        .iter()
+        .all(|v| !v.pass && !v.colors && v.objects.is_empty()));
+    assert!(
+        verdicts[0].reason.contains("found 0"),
+        "{}",
+        verdicts[0].reason
+    );
+    let score = ShapesScore::from_verdicts(&verdicts);
+    assert_eq!(
+        (score.overall, score.colors, score.binding),
+        (0.0, 0.0, Some(0.0))
+    );
+}
+
+#[test]
+fn swapped_colors_keep_the_colors_and_fail_binding() {
+    for (asked, drawn) in [
+        (
+            "a red circle and a blue square",
+            "a blue circle and a red square",
+        ),
+        (
+            "a green triangle above an orange circle",
+            "an orange triangle above a green circle",
+        ),
+    ] {
+        for seed in 0..10 {
+            let v = check(&parse(asked), &rendered(&parse(drawn), seed));
+            assert!(!v.pass, "{asked} vs {drawn}");
+            assert!(v.colors, "{asked} vs {drawn}");
+            assert_eq!(v.binding, Some(false), "{asked} vs {drawn}");
+        }
+    }
+}
+
+#[test]
+fn wrong_counts_sizes_shapes_and_relations_fail() {
+    let cases = [
+        ("two red circles", "three red circles"),
+        ("four blue squares", "three blue squares"),
+        ("three yellow triangles", "three yellow circles"),
+        ("a large purple square", "a small purple square"),
+        ("a red circle", "a red circle and a blue square"),
+        (
+            "a red circle above a blue square",
+            "a red circle below a blue square",
+        ),
+        (
+            "a red circle to the left of a blue square",
+            "a red circle to the right of a blue square",
+        ),
+    ];
+    for (asked, drawn) in cases {
+        for seed in 0..5 {
+            let v = check(&parse(asked), &rendered(&parse(drawn), seed));
+            assert!(!v.pass, "{asked} passed on a render of {drawn}");
+            assert!(!v.reason.is_empty());
+        }
+    }
+    // A relation with the right objects in the wrong place keeps colors and binding.
+    let v = check(
+        &parse("a red circle above a blue square"),
+        &rendered(&parse("a red circle below a blue square"), 0),
+    );
+    assert!(v.colors && v.binding == Some(true) && !v.pass);
+    assert!(v.reason.contains("is not above"), "{}", v.reason);
+}
+
+#[test]
+fn a_prompt_outside_the_grammar_is_an_error_naming_it() {
+    let blank = RgbImage::from_pixel(CANVAS, CANVAS, Rgb(BACKGROUND));
+    let err = check_text("a red hexagon", &blank).unwrap_err().to_string();
+    assert!(err.contains("\"a red hexagon\""), "{err}");
+    assert!(err.contains("unknown shape `hexagon`"), "{err}");
+    assert!(check_text("a red circle", &blank).is_ok());
+}
+
+#[test]
+fn training_data_never_shows_a_held_out_prompt() {
+    let dir = scratch_dir("eval-holdout");
+    let holdout = Holdout::new(0.3).unwrap();
+    write_shapes_dataset_excluding(&dir, 300, 1, &Form::ALL, &holdout).unwrap();
+    let folder = ImageFolder::scan(&dir).unwrap();
+    assert_eq!(folder.len(), 300);
+    for item in &folder.items {
+        assert!(
+            !holdout.holds_out(&parse(&item.caption)),
+            "{}",
+            item.caption
+        );
+    }
+    // Holding out every prompt of a form is refused rather than looping forever.
+    let everything = Holdout::new(0.999_999).unwrap();
+    let err = write_shapes_dataset_excluding(&dir.join("x"), 10, 1, &[Form::Single], &everything)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("every single prompt"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_committed_eval_prompts_are_held_out_and_cover_every_form() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes/eval-prompts.txt");
+    let prompts = unclip::data::shapes::read_prompt_file(&path).unwrap();
+    let holdout = Holdout::new(unclip::data::shapes::holdout::DEFAULT_HOLDOUT).unwrap();
+    assert!(prompts.iter().all(|p| holdout.holds_out(p)));
+    for form in Form::ALL {
+        assert!(prompts.iter().any(|p| p.form() == form), "{form}");
+    }
+}
+
+/// The tiny reference pipeline with the variation fixture's CLIP image tower added, as
+/// `unclip assemble` lays out a trained model.
+fn tiny_pipeline_with_image_tower(tag: &str) -> std::path::PathBuf {
+    fn copy(src: &Path, dst: &Path) {
+        std::fs::create_dir_all(dst).unwrap();
+        for entry in std::fs::read_dir(src).unwrap() {
+            let path = entry.unwrap().path();
+            let target = dst.join(path.file_name().unwrap());
+            if path.is_dir() {
+                copy(&path, &target);
+            } else {
+                std::fs::copy(&path, &target).unwrap();
+            }
+        }
+    }
+    let dir = scratch_dir(tag);
+    copy(&oracle_dir().join("unclip_tiny"), &dir);
+    for part in ["image_encoder", "feature_extractor"] {
+        copy(
+            &oracle_dir().join("unclip_tiny_variation").join(part),
+            &dir.join(part),
+        );
+    }
+    dir
+}
+
+fn few_steps() -> GenerateOptions {
+    GenerateOptions {
+        prior_steps: 2,
+        decoder_steps: 2,
+        super_res_steps: 2,
+        ..GenerateOptions::default()
+    }
+}
+
+#[test]
+fn shapes_evaluation_runs_on_the_tiny_pipeline_and_is_reproducible() {
+    let pipeline = UnclipPipeline::load(&oracle_dir().join("unclip_tiny"), &Device::Cpu).unwrap();
+    let prompts: Vec<Prompt> = [
+        "a red circle",
+        "two blue squares",
+        "a red circle and a green triangle",
+        "a yellow square above a purple circle",
+    ]
+    .map(parse)
+    .to_vec();
+    let opts = ShapesEvalOptions {
+        images_per_prompt: 2,
+        seed: 3,
+        generate: few_steps(),
+    };
+    let mut seen = Vec::new();
+    let (score, verdicts) = evaluate_shapes(&pipeline, &prompts, &opts, &mut |j| {
+        seen.push((j.prompt_index, j.image_index, j.image.dimensions()));
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(score.images, 8);
+    assert_eq!(verdicts.len(), 8);
+    assert_eq!(score.per_form.len(), 4);
+    assert_eq!(
+        seen[..3],
+        [(0, 0, (32, 32)), (0, 1, (32, 32)), (1, 0, (32, 32))]
+    );
+    let (again, _) = evaluate_shapes(&pipeline, &prompts, &opts, &mut |_| Ok(())).unwrap();
+    assert_eq!(again, score);
+}
+
+#[test]
+fn caption_evaluation_scores_generated_and_real_images() {
+    let model = tiny_pipeline_with_image_tower("eval-captions-model");
+    let data = scratch_dir("eval-captions-data");
+    write_shapes_dataset_excluding(&data, 10, 0, &Form::ALL, &Holdout::NONE).unwrap();
+    let pipeline = UnclipPipeline::load(&model, &Device::Cpu).unwrap();
+    let opts = CaptionsEvalOptions {
+        limit: 8,
+        seed: 0,
+        batch: 4,
+        generate: few_steps(),
+    };
+    let source = DataSource::open(data.to_str().unwrap()).unwrap();
+    let mut calls = Vec::new();
+    let report = evaluate_captions(&pipeline, &source, &opts, &mut |done, total| {
+        calls.push((done, total))
+    })
+    .unwrap();
+    assert_eq!(report.pairs, 8);
+    assert_eq!(calls, [(0, 8), (4, 8), (8, 8)]);
+    for s in [&report.generated, &report.real] {
+        assert!((0.0..=100.0).contains(&s.clip_score), "{s:?}");
+        assert!((0.0..=1.0).contains(&s.r_precision.score), "{s:?}");
+        assert!(s.r_precision.candidates >= 2 && s.r_precision.candidates <= 8);
+        assert!(s.frechet_distance.is_some_and(|d| d >= 0.0), "{s:?}");
+    }
+    // Without the image tower the scores cannot be computed, and the error says why.
+    let no_tower = UnclipPipeline::load(&oracle_dir().join("unclip_tiny"), &Device::Cpu).unwrap();
+    let err = evaluate_captions(&no_tower, &source, &opts, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("image_encoder"), "{err}");
+    let _ = std::fs::remove_dir_all(&model);
+    let _ = std::fs::remove_dir_all(&data);
+}
