@@ -9,7 +9,8 @@ use unclip_server::{ApiKeys, BatchPolicy, ServerConfig};
 
 #[derive(Args)]
 pub struct ServeArgs {
-    /// A diffusers unCLIP pipeline folder: prior/ serves generations, image_encoder/ variations.
+    /// A diffusers unCLIP pipeline folder: prior/ serves generations and edits, image_encoder/
+    /// variations.
     #[arg(long)]
     pub model: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -38,11 +39,37 @@ pub struct ServeArgs {
     /// How long `response_format: "url"` links work, in seconds.
     #[arg(long, default_value_t = 3600)]
     pub url_ttl: u64,
+    /// Connections served at once; more wait (in the listen queue) until one closes.
+    #[arg(long, default_value_t = 256)]
+    pub max_connections: usize,
+    /// Seconds a connection has to send its request headers (after opening, or after its
+    /// previous response when kept alive) before it is closed.
+    #[arg(long, default_value_t = 30)]
+    pub header_read_timeout: u64,
+    /// Times each edit (inpainting) step is redone to blend the repainted region (1: none).
+    #[arg(long, default_value_t = 3)]
+    pub edit_resample: usize,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
     if args.max_batch == 0 || args.max_queue == 0 {
         bail!("--max-batch and --max-queue must be at least 1");
+    }
+    if !(1..=unclip_server::MAX_CONNECTIONS_LIMIT).contains(&args.max_connections) {
+        bail!(
+            "--max-connections {}; allowed: 1..={}",
+            args.max_connections,
+            unclip_server::MAX_CONNECTIONS_LIMIT
+        );
+    }
+    if args.header_read_timeout == 0 {
+        bail!("--header-read-timeout 0; allowed: 1 or more seconds");
+    }
+    if !(1..=20).contains(&args.edit_resample) {
+        bail!(
+            "--edit-resample {}; allowed: 1..=20 (1: no resampling)",
+            args.edit_resample
+        );
     }
     let api_keys = match &args.api_key_file {
         Some(path) => ApiKeys::load(path)?,
@@ -63,6 +90,9 @@ pub fn serve(args: ServeArgs) -> Result<()> {
         max_queue: args.max_queue,
         request_timeout: Duration::from_secs(args.request_timeout),
         url_ttl: Duration::from_secs(args.url_ttl),
+        max_connections: args.max_connections,
+        header_read_timeout: Duration::from_secs(args.header_read_timeout),
+        edit_resamples: args.edit_resample,
         ..ServerConfig::new(&args.model)
     };
     unclip_server::serve_blocking(config, &args.addr)?;

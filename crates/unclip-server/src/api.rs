@@ -15,6 +15,16 @@ pub const MAX_IMAGE_SIDE: u32 = 4096;
 /// Names that OpenAI clients send and that this server reads (or accepts and ignores: `user`).
 const GENERATION_FIELDS: &[&str] = &["prompt", "n", "size", "response_format", "user", "model"];
 pub const VARIATION_FIELDS: &[&str] = &["image", "n", "size", "response_format", "user", "model"];
+pub const EDIT_FIELDS: &[&str] = &[
+    "image",
+    "mask",
+    "prompt",
+    "n",
+    "size",
+    "response_format",
+    "user",
+    "model",
+];
 /// The model name OpenAI clients default to; accepted as another name for the served model.
 const OPENAI_MODEL: &str = "dall-e-2";
 
@@ -35,6 +45,21 @@ pub struct ModelInfo {
 pub struct ImageParams {
     pub n: usize,
     pub format: ResponseFormat,
+}
+
+/// The text fields of an edits form.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EditFields {
+    pub prompt: String,
+    pub params: ImageParams,
+}
+
+/// An edit's decoded uploads, checked against each other: the mask (if any) has the image's
+/// size, and whichever gives the alpha has at least one fully transparent pixel.
+#[derive(Debug, Clone)]
+pub struct EditImages {
+    pub image: image::RgbaImage,
+    pub mask: Option<image::RgbaImage>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -107,6 +132,32 @@ pub fn parse_variation_fields(
     )
 }
 
+/// The text fields of a `POST /v1/images/edits` form: `prompt` is required.
+pub fn parse_edit_fields(
+    fields: &Map<String, Value>,
+    model: &ModelInfo,
+) -> Result<EditFields, ApiError> {
+    let text = |name: &str| fields.get(name).and_then(Value::as_str);
+    let Some(prompt) = text("prompt") else {
+        return Err(ApiError::invalid(
+            "prompt",
+            "`prompt` is required: what to paint in the masked region",
+        ));
+    };
+    check_prompt(prompt)?;
+    let params = common(
+        text("n"),
+        text("size"),
+        text("response_format"),
+        text("model"),
+        model,
+    )?;
+    Ok(EditFields {
+        prompt: prompt.to_string(),
+        params,
+    })
+}
+
 fn reject_unknown<'a>(
     names: impl Iterator<Item = &'a str>,
     allowed: &[&str],
@@ -126,9 +177,9 @@ fn reject_unknown<'a>(
     Ok(())
 }
 
-/// Form field names, checked as they arrive so that an unknown field stops the upload early.
-pub fn check_variation_field(name: &str) -> Result<(), ApiError> {
-    reject_unknown(std::iter::once(name), VARIATION_FIELDS)
+/// A form field name, checked as it arrives so that an unknown field stops the upload early.
+pub fn check_form_field(name: &str, allowed: &[&str]) -> Result<(), ApiError> {
+    reject_unknown(std::iter::once(name), allowed)
 }
 
 fn truncate(s: &str, chars: usize) -> String {
@@ -210,47 +261,129 @@ fn common(
     Ok(ImageParams { n, format })
 }
 
-/// An uploaded image: a square PNG of at most 4 MB and 4096 pixels a side. The size in the
-/// header is checked before any pixel is decoded, so a small file that claims a huge
-/// picture (a decompression bomb) is refused without allocating it.
-pub fn decode_upload(bytes: &[u8]) -> Result<InputImage, ApiError> {
-    let bad = |message: String| ApiError::invalid("image", message);
+/// Limits on decoding an upload: no side over [`MAX_IMAGE_SIDE`], and a bounded allocation.
+fn png_limits() -> image::Limits {
+    let mut limits = image::Limits::default();
+    limits.max_image_width = Some(MAX_IMAGE_SIDE);
+    limits.max_image_height = Some(MAX_IMAGE_SIDE);
+    limits.max_alloc = Some(256 * 1024 * 1024);
+    limits
+}
+
+fn png_reader(bytes: &[u8]) -> image::ImageReader<std::io::Cursor<&[u8]>> {
+    let mut reader =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
+    reader.limits(png_limits());
+    reader
+}
+
+/// Checks the upload in form field `param` is a square PNG of at most 4 MB and 4096 pixels a
+/// side, from its header alone: a small file that claims a huge picture (a decompression
+/// bomb) is refused before any pixel is decoded. Returns its side.
+fn check_png(bytes: &[u8], param: &'static str) -> Result<u32, ApiError> {
+    let bad = |message: String| ApiError::invalid(param, message);
     if bytes.is_empty() {
-        return Err(bad("`image` is empty".into()));
+        return Err(bad(format!("`{param}` is empty")));
     }
     if bytes.len() > MAX_IMAGE_BYTES {
         return Err(bad(format!(
-            "`image` is {} bytes; the maximum is 4 MB ({MAX_IMAGE_BYTES} bytes)",
+            "`{param}` is {} bytes; the maximum is 4 MB ({MAX_IMAGE_BYTES} bytes)",
             bytes.len()
         )));
     }
     const PNG_SIGNATURE: &[u8] = b"\x89PNG\r\n\x1a\n";
     if !bytes.starts_with(PNG_SIGNATURE) {
-        return Err(bad("`image` must be a PNG file".into()));
+        return Err(bad(format!("`{param}` must be a PNG file")));
     }
-    let mut limits = image::Limits::default();
-    limits.max_image_width = Some(MAX_IMAGE_SIDE);
-    limits.max_image_height = Some(MAX_IMAGE_SIDE);
-    limits.max_alloc = Some(256 * 1024 * 1024);
-    let mut reader =
-        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png);
-    reader.limits(limits);
-    let (width, height) = reader
+    let (width, height) = png_reader(bytes)
         .into_dimensions()
-        .map_err(|e| bad(format!("`image` is not a readable PNG: {e}")))?;
+        .map_err(|e| bad(format!("`{param}` is not a readable PNG: {e}")))?;
     if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
         return Err(bad(format!(
-            "`image` is {width}x{height}; allowed: 1 to {MAX_IMAGE_SIDE} pixels a side"
+            "`{param}` is {width}x{height}; allowed: 1 to {MAX_IMAGE_SIDE} pixels a side"
         )));
     }
     if width != height {
         return Err(bad(format!(
-            "`image` is {width}x{height}; it must be square"
+            "`{param}` is {width}x{height}; it must be square"
         )));
     }
+    Ok(width)
+}
+
+/// A variations upload: a square PNG (see [`check_png`]), as RGB.
+pub fn decode_upload(bytes: &[u8]) -> Result<InputImage, ApiError> {
+    check_png(bytes, "image")?;
     let (rgb, width, height) = unclip::clip::decode_rgb8(bytes)
-        .map_err(|e| bad(format!("`image` is not a readable PNG: {e}")))?;
+        .map_err(|e| ApiError::invalid("image", format!("`image` is not a readable PNG: {e}")))?;
     Ok(InputImage { rgb, width, height })
+}
+
+/// A square PNG upload with its alpha channel, and whether the file has one.
+fn decode_rgba(bytes: &[u8], param: &'static str) -> Result<(image::RgbaImage, bool), ApiError> {
+    check_png(bytes, param)?;
+    let decoded = png_reader(bytes)
+        .decode()
+        .map_err(|e| ApiError::invalid(param, format!("`{param}` is not a readable PNG: {e}")))?;
+    let has_alpha = decoded.color().has_alpha();
+    Ok((decoded.to_rgba8(), has_alpha))
+}
+
+/// The uploads of an edit, read as OpenAI's edits API reads them: the region to repaint is
+/// where the mask's alpha is 0, or, without a mask, where the image's own alpha is 0. Every
+/// way this can leave nothing to repaint is a 400 naming the field at fault.
+pub fn decode_edit_uploads(image: &[u8], mask: Option<&[u8]>) -> Result<EditImages, ApiError> {
+    let (image, image_has_alpha) = decode_rgba(image, "image")?;
+    let transparent = |picture: &image::RgbaImage| picture.pixels().any(|p| p[3] == 0);
+    let Some(mask) = mask else {
+        if !image_has_alpha {
+            return Err(ApiError::invalid(
+                "image",
+                "`image` has no alpha channel and no `mask` was given, so nothing marks where to \
+                 paint; allowed: a `mask` PNG whose alpha is 0 where to repaint, or an image \
+                 with transparency (alpha 0 where to repaint)",
+            ));
+        }
+        if !transparent(&image) {
+            return Err(ApiError::invalid(
+                "image",
+                "`image` has no fully transparent pixel and no `mask` was given, so there is \
+                 nothing to repaint; allowed: alpha 0 where to repaint, or a `mask`",
+            ));
+        }
+        return Ok(EditImages { image, mask: None });
+    };
+    let (mask, mask_has_alpha) = decode_rgba(mask, "mask")?;
+    if mask.dimensions() != image.dimensions() {
+        return Err(ApiError::invalid(
+            "mask",
+            format!(
+                "`mask` is {}x{} but `image` is {}x{}; they must be the same size",
+                mask.width(),
+                mask.height(),
+                image.width(),
+                image.height()
+            ),
+        ));
+    }
+    if !mask_has_alpha {
+        return Err(ApiError::invalid(
+            "mask",
+            "`mask` has no alpha channel; allowed: a PNG with transparency whose alpha is 0 \
+             where to repaint",
+        ));
+    }
+    if !transparent(&mask) {
+        return Err(ApiError::invalid(
+            "mask",
+            "`mask` has no fully transparent pixel, so there is nothing to repaint; allowed: a \
+             mask whose alpha is 0 where to repaint",
+        ));
+    }
+    Ok(EditImages {
+        image,
+        mask: Some(mask),
+    })
 }
 
 #[cfg(test)]
@@ -360,6 +493,102 @@ mod tests {
         assert_eq!(err.param.as_deref(), Some("image"));
     }
 
+    fn fields(pairs: &[(&str, &str)]) -> Map<String, Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+            .collect()
+    }
+
+    #[test]
+    fn edit_fields_need_a_prompt_and_share_the_other_checks() {
+        let ok = parse_edit_fields(
+            &fields(&[
+                ("prompt", "a hat"),
+                ("n", "3"),
+                ("response_format", "b64_json"),
+            ]),
+            &model(),
+        )
+        .unwrap();
+        assert_eq!(ok.prompt, "a hat");
+        assert_eq!(ok.params.n, 3);
+        assert_eq!(ok.params.format, ResponseFormat::B64Json);
+        for (pairs, param, words) in [
+            (&[("n", "2")][..], "prompt", "required"),
+            (&[("prompt", "  ")][..], "prompt", "empty"),
+            (&[("prompt", "x"), ("n", "11")][..], "n", "1 to 10"),
+            (&[("prompt", "x"), ("size", "64x64")][..], "size", "32x32"),
+        ] {
+            let err = parse_edit_fields(&fields(pairs), &model()).unwrap_err();
+            assert_eq!(err.param.as_deref(), Some(param), "{}", err.message);
+            assert!(err.message.contains(words), "{}", err.message);
+        }
+        assert!(check_form_field("mask", EDIT_FIELDS).is_ok());
+        let err = check_form_field("mask", VARIATION_FIELDS).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("mask"));
+    }
+
+    /// An RGBA PNG, alpha 0 in the top-left `hole` x `hole` pixels.
+    fn rgba_png(side: u32, hole: u32) -> Vec<u8> {
+        let image = image::RgbaImage::from_fn(side, side, |x, y| {
+            let alpha = if x < hole && y < hole { 0 } else { 255 };
+            image::Rgba([10, 20, 30, alpha])
+        });
+        let mut bytes = Vec::new();
+        image
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn edit_uploads_must_mark_something_to_repaint() {
+        let own_alpha = decode_edit_uploads(&rgba_png(8, 2), None).unwrap();
+        assert!(own_alpha.mask.is_none());
+        assert_eq!(own_alpha.image.dimensions(), (8, 8));
+        assert_eq!(own_alpha.image.get_pixel(0, 0)[3], 0);
+        let masked = decode_edit_uploads(&png(8, 8), Some(&rgba_png(8, 3))).unwrap();
+        assert_eq!(masked.mask.unwrap().get_pixel(2, 2)[3], 0);
+        assert_eq!(masked.image.get_pixel(0, 0)[3], 255);
+
+        // (image, mask, the field blamed, words of the message)
+        type Case = (Vec<u8>, Option<Vec<u8>>, &'static str, &'static str);
+        let cases: [Case; 6] = [
+            (png(8, 8), None, "image", "no alpha channel"),
+            (rgba_png(8, 0), None, "image", "nothing to repaint"),
+            (
+                png(8, 8),
+                Some(rgba_png(8, 0)),
+                "mask",
+                "nothing to repaint",
+            ),
+            (png(8, 8), Some(png(8, 8)), "mask", "no alpha channel"),
+            (png(8, 8), Some(rgba_png(4, 2)), "mask", "same size"),
+            (png(8, 8), Some(b"GIF89a".to_vec()), "mask", "PNG"),
+        ];
+        for (image, mask, param, words) in cases {
+            let err = decode_edit_uploads(&image, mask.as_deref()).unwrap_err();
+            assert_eq!(err.status, StatusCode::BAD_REQUEST);
+            assert_eq!(err.param.as_deref(), Some(param), "{}", err.message);
+            assert!(err.message.contains(words), "{}", err.message);
+        }
+    }
+
+    #[test]
+    fn a_mask_claiming_a_huge_size_is_refused_before_decoding() {
+        let mut bomb = rgba_png(8, 2);
+        bomb[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        bomb[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = crc32(&bomb[12..29]);
+        bomb[29..33].copy_from_slice(&crc.to_be_bytes());
+        let err = decode_edit_uploads(&rgba_png(8, 2), Some(&bomb)).unwrap_err();
+        assert_eq!(err.param.as_deref(), Some("mask"), "{}", err.message);
+    }
+
     fn crc32(data: &[u8]) -> u32 {
         let mut crc = 0xFFFF_FFFFu32;
         for &byte in data {
@@ -385,11 +614,12 @@ mod tests {
             br#"{"prompt":"\u00e9\ud83d\ude00","n":1e400}"#,
         ];
         let image = png(16, 16);
+        let holed = rgba_png(16, 4);
         for i in 0..4000 {
-            let mut body: Vec<u8> = if i % 2 == 0 {
-                seeds[i % seeds.len()].to_vec()
-            } else {
-                image.clone()
+            let mut body: Vec<u8> = match i % 4 {
+                0 | 2 => seeds[(i / 4) % seeds.len()].to_vec(),
+                1 => image.clone(),
+                _ => holed.clone(),
             };
             for _ in 0..rng.random_range(1..8) {
                 let at = rng.random_range(0..body.len().max(1));
@@ -403,6 +633,9 @@ mod tests {
                 assert!(err.status.is_client_error());
             }
             if let Err(err) = decode_upload(&body) {
+                assert!(err.status.is_client_error());
+            }
+            if let Err(err) = decode_edit_uploads(&holed, Some(&body)) {
                 assert!(err.status.is_client_error());
             }
         }

@@ -3,11 +3,11 @@
 //! guided forward pass.
 
 use candle_core::{Device, Tensor};
-use image::RgbImage;
+use image::{RgbImage, RgbaImage};
 use std::path::Path;
 use unclip::diffusion::NoiseSource;
 use unclip::imageops::to_rgb8;
-use unclip::pipeline::{GenerateOptions, UnclipPipeline};
+use unclip::pipeline::{keep_mask, GenerateOptions, UnclipPipeline};
 
 /// A decoded input image (RGB, row-major).
 #[derive(Debug, Clone)]
@@ -20,6 +20,8 @@ pub struct InputImage {
 pub struct Engine {
     pipeline: UnclipPipeline,
     options: GenerateOptions,
+    /// RePaint resamples per inpainting step.
+    edit_resamples: usize,
     name: String,
     /// (width, height) of every output image.
     size: (usize, usize),
@@ -27,8 +29,13 @@ pub struct Engine {
 
 impl Engine {
     /// Loads `dir`; `options` sets the steps and guidance of every request (`images_per_prompt`
-    /// is ignored: batches are built one row per image).
-    pub fn load(dir: &Path, options: GenerateOptions) -> unclip::Result<Self> {
+    /// is ignored: batches are built one row per image); edits redo each step `edit_resamples`
+    /// times.
+    pub fn load(
+        dir: &Path,
+        options: GenerateOptions,
+        edit_resamples: usize,
+    ) -> unclip::Result<Self> {
         let pipeline = UnclipPipeline::load(dir, &Device::Cpu)?;
         let (height, width) = pipeline.output_size()?;
         let name = dir
@@ -42,6 +49,7 @@ impl Engine {
                 images_per_prompt: 1,
                 ..options
             },
+            edit_resamples,
             name,
             size: (width, height),
         })
@@ -59,6 +67,11 @@ impl Engine {
 
     pub fn can_generate(&self) -> bool {
         self.pipeline.prior.is_some()
+    }
+
+    /// Inpainting paints from a prompt, so it needs the prior as text-to-image does.
+    pub fn can_edit(&self) -> bool {
+        self.can_generate()
     }
 
     pub fn can_vary(&self) -> bool {
@@ -111,6 +124,35 @@ impl Engine {
             self.pipeline
                 .vary_embeddings(&embeds, &self.options, &mut noise, &mut |_, _, _| {})?;
         to_rgb8(&out)
+    }
+
+    /// `n` inpaintings of `image`: repainted where the mask's alpha is 0 (the image's own alpha
+    /// when there is no mask), kept elsewhere. One request per call: the known region differs
+    /// from image to image, so edits are not merged with other requests.
+    pub fn edit(
+        &self,
+        image: &RgbaImage,
+        mask: Option<&RgbaImage>,
+        prompt: &str,
+        n: usize,
+        seed: u64,
+    ) -> unclip::Result<Vec<RgbImage>> {
+        let keep = keep_mask(image, mask, &Device::Cpu)?;
+        let options = GenerateOptions {
+            images_per_prompt: n,
+            ..self.options.clone()
+        };
+        let mut noise = NoiseSource::seeded(seed);
+        let images = self.pipeline.inpaint(
+            image,
+            &keep,
+            prompt,
+            self.edit_resamples,
+            &options,
+            &mut noise,
+            &mut |_, _, _| {},
+        )?;
+        to_rgb8(&images)
     }
 }
 

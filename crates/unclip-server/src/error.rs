@@ -26,8 +26,6 @@ pub enum ServerError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the server stopped: {0}")]
-    Serve(std::io::Error),
 }
 
 /// A request that failed, as the client will see it.
@@ -99,10 +97,10 @@ impl ApiError {
     pub fn from_status(status: StatusCode, text: &str) -> Self {
         let text = text.trim();
         let message = match status {
-            StatusCode::NOT_FOUND => "no such route; see GET /v1/models, POST /v1/images/generations, POST /v1/images/variations".to_string(),
+            StatusCode::NOT_FOUND => "no such route; see GET /v1/models, POST /v1/images/generations, POST /v1/images/variations, POST /v1/images/edits".to_string(),
             StatusCode::METHOD_NOT_ALLOWED => format!("method not allowed on this route{}", suffix(text)),
             StatusCode::PAYLOAD_TOO_LARGE => format!(
-                "request body too large (limits: 64 KB for JSON requests, 4 MB images){}",
+                "request body too large (limits: 64 KB for JSON requests, 4 MB per image){}",
                 suffix(text)
             ),
             StatusCode::REQUEST_TIMEOUT => "the request took longer than the server's request timeout".to_string(),

@@ -1,16 +1,19 @@
 //! The OpenAI Images API over HTTP for an unCLIP pipeline folder, so that existing OpenAI
 //! clients work against a local model unchanged.
 //!
-//! - `POST /v1/images/generations` (JSON) and `POST /v1/images/variations` (multipart), with
-//!   OpenAI's request, response and error shapes; `response_format` `b64_json` or `url`
+//! - `POST /v1/images/generations` (JSON), `POST /v1/images/variations` and
+//!   `POST /v1/images/edits` (multipart), with OpenAI's request, response and error shapes; `response_format` `b64_json` or `url`
 //!   (served at `/v1/files/{id}.png` for [`ServerConfig::url_ttl`], one hour by default).
 //! - `GET /v1/models`, `GET /healthz`, `GET /metrics` (Prometheus), `GET /` (a web page).
 //! - Model work runs on one dedicated thread fed by a bounded queue (429 + Retry-After when
 //!   full); concurrent requests are merged into shared batches; requests whose client left
 //!   are skipped; shutdown drains what was accepted.
+//! - Connections: a client must finish its request head within `header_read_timeout`, and at
+//!   most `max_connections` are served at once (more wait to be accepted).
 
 pub mod api;
 mod auth;
+mod connections;
 pub mod engine;
 mod error;
 mod files;
@@ -24,6 +27,7 @@ pub use error::{ApiError, ServerError};
 pub use worker::BatchPolicy;
 
 use api::ModelInfo;
+use connections::ConnectionLimits;
 use files::ImageStore;
 use metrics::Metrics;
 use routes::AppState;
@@ -33,6 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpListener;
+use unclip::diffusion::Sampler;
 use unclip::pipeline::GenerateOptions;
 
 #[derive(Debug, Clone)]
@@ -51,6 +56,14 @@ pub struct ServerConfig {
     pub url_ttl: Duration,
     /// Memory for images kept for URLs; the oldest go first when it is full.
     pub max_stored_bytes: usize,
+    /// Connections served at once; further ones wait in the listen queue until one closes.
+    pub max_connections: usize,
+    /// A connection that has not sent a complete request head this long after opening (or
+    /// after its previous response) is closed: slow-loris clients and idle keep-alives.
+    pub header_read_timeout: Duration,
+    /// Times each inpainting step is redone so the repainted region matches its surroundings
+    /// (RePaint's resampling, as `unclip edit --resample`; 1: none).
+    pub edit_resamples: usize,
 }
 
 impl ServerConfig {
@@ -67,6 +80,9 @@ impl ServerConfig {
             request_timeout: Duration::from_secs(300),
             url_ttl: Duration::from_secs(3600),
             max_stored_bytes: 256 * 1024 * 1024,
+            max_connections: 256,
+            header_read_timeout: Duration::from_secs(30),
+            edit_resamples: 3,
         }
     }
 }
@@ -162,14 +178,37 @@ pub async fn shutdown_signal() {
 
 struct Prepared {
     router: axum::Router,
+    limits: ConnectionLimits,
+    metrics: Arc<Metrics>,
     worker: std::thread::JoinHandle<()>,
 }
+
+/// Most connections `max_connections` may allow (the semaphore's permits are bounded, and a
+/// process runs out of file descriptors long before).
+pub const MAX_CONNECTIONS_LIMIT: usize = 1_000_000;
 
 fn prepare(config: ServerConfig, addr: SocketAddr) -> Result<Prepared, ServerError> {
     if config.batch.max_batch == 0 || config.max_queue == 0 {
         return Err(ServerError::Config(format!(
             "max batch {} and max queue {} must both be at least 1",
             config.batch.max_batch, config.max_queue
+        )));
+    }
+    if !(1..=MAX_CONNECTIONS_LIMIT).contains(&config.max_connections) {
+        return Err(ServerError::Config(format!(
+            "max connections {}; allowed: 1..={MAX_CONNECTIONS_LIMIT}",
+            config.max_connections
+        )));
+    }
+    if config.header_read_timeout.is_zero() {
+        return Err(ServerError::Config(
+            "the header read timeout is zero; allowed: any positive duration".into(),
+        ));
+    }
+    if !(1..=20).contains(&config.edit_resamples) {
+        return Err(ServerError::Config(format!(
+            "edit resamples {}; allowed: 1..=20 (1: no resampling)",
+            config.edit_resamples
         )));
     }
     // The schedulers take 2..=1000 steps; a bad value would otherwise fail every request.
@@ -185,7 +224,16 @@ fn prepare(config: ServerConfig, addr: SocketAddr) -> Result<Prepared, ServerErr
             )));
         }
     }
-    let engine = Engine::load(&config.model_dir, config.options.clone())?;
+    if config.edit_resamples > 1 && config.options.sampler == Sampler::DpmSolverPlusPlus {
+        return Err(ServerError::Config(
+            "edits redo sampling steps, which the multistep DPM-Solver++ cannot; allowed: ddpm or ddim, or edit resamples = 1".into(),
+        ));
+    }
+    let engine = Engine::load(
+        &config.model_dir,
+        config.options.clone(),
+        config.edit_resamples,
+    )?;
     if !engine.can_generate() && !engine.can_vary() {
         return Err(ServerError::Config(format!(
             "{}: the pipeline has neither prior/ (text to image) nor image_encoder/ (variations)",
@@ -196,8 +244,13 @@ fn prepare(config: ServerConfig, addr: SocketAddr) -> Result<Prepared, ServerErr
         name: engine.name().to_string(),
         size: engine.size_label(),
     });
-    let (can_generate, can_vary) = (engine.can_generate(), engine.can_vary());
+    let (can_generate, can_vary, can_edit) =
+        (engine.can_generate(), engine.can_vary(), engine.can_edit());
     let metrics = Arc::new(Metrics::default());
+    let limits = ConnectionLimits {
+        max_connections: config.max_connections,
+        header_read_timeout: config.header_read_timeout,
+    };
     let (worker, thread) = worker::spawn(engine, config.batch, config.max_queue, metrics.clone())
         .map_err(|source| ServerError::Io {
         path: "model worker thread".into(),
@@ -206,15 +259,18 @@ fn prepare(config: ServerConfig, addr: SocketAddr) -> Result<Prepared, ServerErr
     let state = AppState {
         worker,
         store: Arc::new(ImageStore::new(config.url_ttl, config.max_stored_bytes)),
-        metrics,
+        metrics: metrics.clone(),
         keys: config.api_keys,
         model,
         can_generate,
         can_vary,
+        can_edit,
         base_url: Arc::new(format!("http://{addr}")),
     };
     Ok(Prepared {
         router: routes::router(state, config.request_timeout),
+        limits,
+        metrics,
         worker: thread,
     })
 }
@@ -225,11 +281,8 @@ impl Prepared {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
-        axum::serve(listener, self.router)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(ServerError::Serve)?;
-        // The router (and with it every queue sender) is gone: the worker finishes what was
+        connections::serve(listener, self.router, self.limits, self.metrics, shutdown).await;
+        // Every connection has closed and the router (and with it every queue sender) is gone: the worker finishes what was
         // queued and ends. Wait for it, but not forever.
         let worker = self.worker;
         let deadline = Instant::now() + Duration::from_secs(30);

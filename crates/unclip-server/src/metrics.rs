@@ -75,6 +75,8 @@ pub struct Metrics {
     pub jobs_skipped: AtomicU64,
     /// Jobs waiting for the model worker.
     pub queue_depth: Arc<AtomicUsize>,
+    /// TCP connections being served (at most `max_connections`).
+    pub open_connections: AtomicUsize,
     /// Mean seconds per batch (exponentially weighted), in microseconds, for Retry-After.
     batch_micros: AtomicU64,
 }
@@ -88,6 +90,7 @@ impl Default for Metrics {
             images_generated: AtomicU64::new(0),
             jobs_skipped: AtomicU64::new(0),
             queue_depth: Arc::new(AtomicUsize::new(0)),
+            open_connections: AtomicUsize::new(0),
             batch_micros: AtomicU64::new(0),
         }
     }
@@ -155,6 +158,12 @@ impl Metrics {
             out,
             "unclip_queue_depth {}",
             self.queue_depth.load(Ordering::Relaxed)
+        );
+        out.push_str("# HELP unclip_open_connections TCP connections being served.\n# TYPE unclip_open_connections gauge\n");
+        let _ = writeln!(
+            out,
+            "unclip_open_connections {}",
+            self.open_connections.load(Ordering::Relaxed)
         );
         out.push_str("# HELP unclip_batch_images Images per batched model pass.\n# TYPE unclip_batch_images histogram\n");
         if let Ok(batches) = self.batch_images.lock() {

@@ -1,7 +1,10 @@
 //! The HTTP surface: routes, handlers and the layers around them (keys, limits, timeouts,
 //! metrics, OpenAI-shaped errors for everything that fails).
 
-use crate::api::{self, ImageParams, ModelInfo, ResponseFormat, MAX_IMAGE_BYTES};
+use crate::api::{
+    self, ImageParams, ModelInfo, ResponseFormat, EDIT_FIELDS, MAX_IMAGE_BYTES, MAX_PROMPT_CHARS,
+    VARIATION_FIELDS,
+};
 use crate::auth::{self, ApiKeys};
 use crate::error::ApiError;
 use crate::files::ImageStore;
@@ -17,6 +20,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
@@ -27,8 +31,14 @@ use tower_http::timeout::TimeoutLayer;
 pub const JSON_BODY_LIMIT: usize = 64 * 1024;
 /// A 4 MB image plus the form's other fields and multipart framing.
 pub const FORM_BODY_LIMIT: usize = MAX_IMAGE_BYTES + 64 * 1024;
+/// An edit carries two images (the picture and its mask).
+pub const EDIT_BODY_LIMIT: usize = 2 * MAX_IMAGE_BYTES + 64 * 1024;
 /// Text form fields (n, size, ...) are a few bytes.
 const FORM_FIELD_LIMIT: usize = 1024;
+/// A prompt of the most characters, each as long as UTF-8 makes one.
+const PROMPT_FIELD_LIMIT: usize = 4 * MAX_PROMPT_CHARS;
+/// Form fields that carry files.
+const FILE_FIELDS: &[&str] = &["image", "mask"];
 
 #[derive(Clone)]
 pub struct AppState {
@@ -39,6 +49,7 @@ pub struct AppState {
     pub model: Arc<ModelInfo>,
     pub can_generate: bool,
     pub can_vary: bool,
+    pub can_edit: bool,
     /// Where image URLs point when the request has no usable Host header.
     pub base_url: Arc<String>,
 }
@@ -64,6 +75,10 @@ pub fn router(state: AppState, request_timeout: Duration) -> Router {
         .route(
             "/v1/images/variations",
             post(variations).layer(DefaultBodyLimit::max(FORM_BODY_LIMIT)),
+        )
+        .route(
+            "/v1/images/edits",
+            post(edits).layer(DefaultBodyLimit::max(EDIT_BODY_LIMIT)),
         )
         .route("/v1/models", get(models))
         .route_layer(mw::from_fn_with_state(state.clone(), auth::require_key));
@@ -156,22 +171,31 @@ async fn generations(
     run(&state, &headers, task, request.params).await
 }
 
+/// The multipart form of a request, after its media type is checked.
+fn multipart(
+    headers: &HeaderMap,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Multipart, ApiError> {
+    let media = media_type(headers);
+    if media != "multipart/form-data" {
+        return Err(wrong_media_type("multipart/form-data", &media));
+    }
+    form.map_err(|e| {
+        ApiError::request(
+            StatusCode::BAD_REQUEST,
+            format!("malformed multipart request: {}", e.body_text()),
+        )
+    })
+}
+
 async fn variations(
     State(state): State<AppState>,
     headers: HeaderMap,
     form: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let media = media_type(&headers);
-    if media != "multipart/form-data" {
-        return Err(wrong_media_type("multipart/form-data", &media));
-    }
-    let form = form.map_err(|e| {
-        ApiError::request(
-            StatusCode::BAD_REQUEST,
-            format!("malformed multipart request: {}", e.body_text()),
-        )
-    })?;
-    let (image, fields) = read_form(form).await?;
+    let mut form = read_form(multipart(&headers, form)?, VARIATION_FIELDS).await?;
+    let image = form.files.remove("image");
+    let fields = form.fields;
     let params = api::parse_variation_fields(&fields, &state.model)?;
     let Some(image) = image else {
         return Err(ApiError::invalid(
@@ -195,9 +219,48 @@ async fn variations(
     run(&state, &headers, task, params).await
 }
 
-/// The image bytes and the text fields of a variations form.
-async fn read_form(mut form: Multipart) -> Result<(Option<Vec<u8>>, Map<String, Value>), ApiError> {
-    let mut image = None;
+async fn edits(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<Response, ApiError> {
+    let mut form = read_form(multipart(&headers, form)?, EDIT_FIELDS).await?;
+    let request = api::parse_edit_fields(&form.fields, &state.model)?;
+    let Some(image) = form.files.remove("image") else {
+        return Err(ApiError::invalid(
+            "image",
+            "`image` is required (a square PNG under 4 MB; alpha 0 marks where to repaint unless a `mask` is given)",
+        ));
+    };
+    if !state.can_edit {
+        return Err(ApiError::request(
+            StatusCode::BAD_REQUEST,
+            "this model has no prior/ and cannot paint from text; edits need a text-to-image pipeline",
+        ));
+    }
+    let mask = form.files.remove("mask");
+    let images =
+        tokio::task::spawn_blocking(move || api::decode_edit_uploads(&image, mask.as_deref()))
+            .await
+            .map_err(|_| ApiError::internal("the image decoder failed"))??;
+    let task = Task::Edit {
+        image: images.image,
+        mask: images.mask,
+        prompt: request.prompt,
+    };
+    run(&state, &headers, task, request.params).await
+}
+
+/// A multipart form as read: file fields' bytes and text fields.
+struct Form {
+    files: HashMap<String, Vec<u8>>,
+    fields: Map<String, Value>,
+}
+
+/// Reads a form whose field names must be among `allowed` ([`FILE_FIELDS`] are files, each
+/// up to 4 MB; the rest short text).
+async fn read_form(mut form: Multipart, allowed: &[&str]) -> Result<Form, ApiError> {
+    let mut files = HashMap::new();
     let mut fields = Map::new();
     let malformed = |e: axum::extract::multipart::MultipartError| {
         let status = e.status();
@@ -212,18 +275,24 @@ async fn read_form(mut form: Multipart) -> Result<(Option<Vec<u8>>, Map<String, 
     };
     while let Some(field) = form.next_field().await.map_err(malformed)? {
         let name = field.name().unwrap_or_default().to_string();
-        api::check_variation_field(&name)?;
-        if name == "image" {
-            image = Some(read_capped(field, MAX_IMAGE_BYTES, "image").await?);
+        api::check_form_field(&name, allowed)?;
+        if FILE_FIELDS.contains(&name.as_str()) {
+            let bytes = read_capped(field, MAX_IMAGE_BYTES, &name).await?;
+            files.insert(name, bytes);
         } else {
-            let bytes = read_capped(field, FORM_FIELD_LIMIT, &name).await?;
+            let cap = if name == "prompt" {
+                PROMPT_FIELD_LIMIT
+            } else {
+                FORM_FIELD_LIMIT
+            };
+            let bytes = read_capped(field, cap, &name).await?;
             let text = String::from_utf8(bytes).map_err(|_| {
                 ApiError::invalid(name.clone(), format!("`{name}` is not UTF-8 text"))
             })?;
             fields.insert(name, Value::String(text));
         }
     }
-    Ok((image, fields))
+    Ok(Form { files, fields })
 }
 
 async fn read_capped(mut field: Field<'_>, cap: usize, name: &str) -> Result<Vec<u8>, ApiError> {
@@ -239,8 +308,10 @@ async fn read_capped(mut field: Field<'_>, cap: usize, name: &str) -> Result<Vec
             return Ok(bytes);
         };
         if bytes.len() + chunk.len() > cap {
-            let what = if name == "image" {
+            let what = if FILE_FIELDS.contains(&name) {
                 "4 MB".to_string()
+            } else if name == "prompt" {
+                format!("{MAX_PROMPT_CHARS} characters")
             } else {
                 format!("{cap} bytes")
             };
@@ -348,6 +419,7 @@ async fn models(State(state): State<AppState>) -> Json<Value> {
             "sizes": [state.model.size],
             "generations": state.can_generate,
             "variations": state.can_vary,
+            "edits": state.can_edit,
         }]
     }))
 }

@@ -1,10 +1,12 @@
 //! The model worker: one OS thread that owns the engine (model work never runs on the async
 //! runtime), fed by a bounded queue. It merges requests that arrive within `batch_wait` of
 //! each other into one batch of up to `max_batch` images, so that they share every guided
-//! forward pass, and skips requests whose client has gone before their batch starts.
+//! forward pass, and skips requests whose client has gone before their batch starts. Edits
+//! run one request per batch (each has its own image and mask), through the same queue.
 
 use crate::engine::{encode_png, Engine, InputImage};
 use crate::metrics::Metrics;
+use image::RgbaImage;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
@@ -19,8 +21,18 @@ pub type JobResult = Result<Vec<Vec<u8>>, String>;
 
 #[derive(Debug)]
 pub enum Task {
-    Generate { prompt: String },
-    Vary { image: Arc<InputImage> },
+    Generate {
+        prompt: String,
+    },
+    Vary {
+        image: Arc<InputImage>,
+    },
+    /// Inpaint `image` where `mask` (or, without one, the image itself) has alpha 0.
+    Edit {
+        image: RgbaImage,
+        mask: Option<RgbaImage>,
+        prompt: String,
+    },
 }
 
 #[derive(Debug)]
@@ -31,6 +43,11 @@ pub struct Job {
 }
 
 impl Job {
+    /// Whether other requests can join this one's batch.
+    fn batches(&self) -> bool {
+        !matches!(self.task, Task::Edit { .. })
+    }
+
     fn same_kind(&self, other: &Job) -> bool {
         matches!(
             (&self.task, &other.task),
@@ -137,7 +154,7 @@ fn run(engine: Engine, policy: BatchPolicy, queue: Receiver<Job>, metrics: Arc<M
         let mut images = first.n;
         let mut batch = vec![first];
         let deadline = Instant::now() + policy.batch_wait;
-        while images < policy.max_batch {
+        while batch[0].batches() && images < policy.max_batch {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 break;
@@ -214,6 +231,11 @@ fn run_batch(engine: &Engine, batch: &[Job], seed: u64) -> Result<Vec<Vec<u8>>, 
             }
             engine.vary(&inputs, &rows, seed)
         }
+        Task::Edit {
+            image,
+            mask,
+            prompt,
+        } => engine.edit(image, mask.as_ref(), prompt, batch[0].n, seed),
     }
     .map_err(|e| e.to_string())?;
     let wanted: usize = batch.iter().map(|job| job.n).sum();

@@ -64,6 +64,36 @@ fn png(width: u32, height: u32) -> Vec<u8> {
     unclip_server::engine::encode_png(&image).unwrap()
 }
 
+/// An RGBA PNG whose alpha is 0 inside `hole` (x0, y0, x1, y1, exclusive ends) and 255
+/// elsewhere; the colours are a gradient so that kept pixels can be compared.
+fn rgba_png(width: u32, height: u32, hole: Option<(u32, u32, u32, u32)>) -> Vec<u8> {
+    let image = image::RgbaImage::from_fn(width, height, |x, y| {
+        let inside =
+            hole.is_some_and(|(x0, y0, x1, y1)| (x0..x1).contains(&x) && (y0..y1).contains(&y));
+        image::Rgba([
+            (x * 7) as u8,
+            (y * 7) as u8,
+            120,
+            if inside { 0 } else { 255 },
+        ])
+    });
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .unwrap();
+    bytes
+}
+
+fn png_part(bytes: Vec<u8>) -> Part {
+    Part::bytes(bytes)
+        .file_name("image.png")
+        .mime_str("image/png")
+        .unwrap()
+}
+
 /// Asserts OpenAI's error shape and returns the error object.
 async fn error_of(response: reqwest::Response, status: StatusCode) -> Value {
     assert_eq!(response.status(), status);
@@ -309,7 +339,7 @@ async fn bad_generation_requests_get_openai_errors() {
     let wrong_method = client.get(&url).send().await.unwrap();
     error_of(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await;
     let unknown = client
-        .get(format!("{base}/v1/images/edits"))
+        .post(format!("{base}/v1/images/inpaintings"))
         .send()
         .await
         .unwrap();
@@ -447,6 +477,13 @@ async fn api_keys_are_required_when_configured() {
         .await
         .unwrap();
     error_of(variation, StatusCode::UNAUTHORIZED).await;
+    let edit = client
+        .post(format!("{base}/v1/images/edits"))
+        .multipart(Form::new().text("prompt", "x"))
+        .send()
+        .await
+        .unwrap();
+    error_of(edit, StatusCode::UNAUTHORIZED).await;
     for key in ["sk-test-one", "sk-test-two"] {
         let ok = client.get(&models).bearer_auth(key).send().await.unwrap();
         assert_eq!(ok.status(), 200);
@@ -667,6 +704,7 @@ async fn random_requests_never_get_a_5xx() {
     let routes = [
         "/v1/images/generations",
         "/v1/images/variations",
+        "/v1/images/edits",
         "/v1/models",
         "/v1/files/x",
         "/",
@@ -681,6 +719,7 @@ async fn random_requests_never_get_a_5xx() {
     let seeds: Vec<Vec<u8>> = vec![
         br#"{"prompt":"a red circle","n":1,"response_format":"b64_json"}"#.to_vec(),
         b"--XYZ\r\nContent-Disposition: form-data; name=\"n\"\r\n\r\n1\r\n--XYZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".iter().chain(png(8, 8).iter()).chain(b"\r\n--XYZ--\r\n".iter()).copied().collect(),
+        b"--XYZ\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\na red circle\r\n--XYZ\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\nContent-Type: image/png\r\n\r\n".iter().chain(rgba_png(8, 8, Some((2, 2, 6, 6))).iter()).chain(b"\r\n--XYZ\r\nContent-Disposition: form-data; name=\"mask\"; filename=\"m.png\"\r\nContent-Type: image/png\r\n\r\n".iter()).chain(rgba_png(8, 8, Some((0, 0, 3, 3))).iter()).chain(b"\r\n--XYZ--\r\n".iter()).copied().collect(),
     ];
     for i in 0..150 {
         let mut body = seeds[i % seeds.len()].clone();
@@ -729,4 +768,478 @@ async fn futures_join_all<F: std::future::Future<Output = reqwest::Response> + S
         out.push(handle.await.unwrap());
     }
     out
+}
+
+/// The centre of a 32x32 picture: the region the edit tests repaint.
+const HOLE: (u32, u32, u32, u32) = (8, 8, 24, 24);
+
+#[tokio::test]
+async fn edits_repaint_with_a_mask_or_the_image_alpha() {
+    let (server, base) = start(config()).await;
+    let client = Client::new();
+    let url = format!("{base}/v1/images/edits");
+
+    // No mask: the image's own transparent centre is repainted.
+    let form = Form::new()
+        .part("image", png_part(rgba_png(32, 32, Some(HOLE))))
+        .text("prompt", "a red circle")
+        .text("n", "2")
+        .text("size", "32x32")
+        .text("response_format", "b64_json")
+        .text("user", "tester")
+        .text("model", "dall-e-2");
+    let response = client.post(&url).multipart(form).send().await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(body["created"].as_u64().unwrap() > 1_600_000_000);
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 2);
+    let original = image::RgbaImage::from_fn(32, 32, |x, y| {
+        image::Rgba([(x * 7) as u8, (y * 7) as u8, 120, 255])
+    });
+    for item in data {
+        let edited = decode_png(&b64(item)).to_rgb8();
+        assert_eq!(edited.dimensions(), (32, 32));
+        // A corner far from the hole is the uploaded picture, up to 8-bit rounding.
+        for (x, y) in [(0, 0), (31, 0), (0, 31), (31, 31), (3, 16)] {
+            let (got, want) = (edited.get_pixel(x, y), original.get_pixel(x, y));
+            for c in 0..3 {
+                assert!(
+                    got[c].abs_diff(want[c]) <= 1,
+                    "kept pixel ({x}, {y}) changed: {got:?} vs {want:?}"
+                );
+            }
+        }
+    }
+
+    // An opaque image and a mask, answered with a URL (the default format).
+    let form = Form::new()
+        .part("image", png_part(rgba_png(32, 32, None)))
+        .part("mask", png_part(rgba_png(32, 32, Some(HOLE))))
+        .text("prompt", "a blue square");
+    let body: Value = client
+        .post(&url)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let data = body["data"].as_array().unwrap();
+    assert_eq!(data.len(), 1, "{body}");
+    let link = data[0]["url"].as_str().unwrap();
+    let file = client.get(link).send().await.unwrap();
+    assert_eq!(file.status(), 200);
+    assert_eq!(decode_png(&file.bytes().await.unwrap()).width(), 32);
+
+    // A larger upload is painted at the model's size.
+    let form = Form::new()
+        .part("image", png_part(rgba_png(64, 64, Some((0, 0, 64, 20)))))
+        .text("prompt", "a green triangle")
+        .text("response_format", "b64_json");
+    let body: Value = client
+        .post(&url)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let edited = decode_png(&b64(&body["data"][0]));
+    assert_eq!((edited.width(), edited.height()), (32, 32));
+
+    let text = client
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("unclip_http_requests_total{route=\"/v1/images/edits\",status=\"200\"} 3"),
+        "{text}"
+    );
+    assert_eq!(metric(&text, "unclip_images_generated_total"), 4.0);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn bad_edit_requests_get_openai_errors() {
+    let (server, base) = start(config()).await;
+    let client = Client::new();
+    let url = format!("{base}/v1/images/edits");
+    let holed = || png_part(rgba_png(32, 32, Some(HOLE)));
+    let with = |form: Form| form.part("image", holed());
+    let cases: Vec<(Form, &str, &str)> = vec![
+        (Form::new().text("prompt", "x"), "image", "required"),
+        (with(Form::new()), "prompt", "required"),
+        (with(Form::new().text("prompt", " ")), "prompt", "empty"),
+        (
+            with(Form::new().text("prompt", "x".repeat(1001))),
+            "prompt",
+            "1001 characters",
+        ),
+        (
+            with(Form::new().text("prompt", "é".repeat(2001))),
+            "prompt",
+            "1000 characters",
+        ),
+        (
+            with(Form::new().text("prompt", "x").text("n", "0")),
+            "n",
+            "1 to 10",
+        ),
+        (
+            with(Form::new().text("prompt", "x").text("n", "11")),
+            "n",
+            "1 to 10",
+        ),
+        (
+            with(Form::new().text("prompt", "x").text("size", "256x256")),
+            "size",
+            "allowed: 32x32",
+        ),
+        (
+            with(
+                Form::new()
+                    .text("prompt", "x")
+                    .text("response_format", "png"),
+            ),
+            "response_format",
+            "url, b64_json",
+        ),
+        (
+            with(Form::new().text("prompt", "x").text("model", "dall-e-3")),
+            "model",
+            "dall-e-2",
+        ),
+        (
+            with(Form::new().text("prompt", "x").text("quality", "hd")),
+            "quality",
+            "unrecognized",
+        ),
+        (
+            Form::new()
+                .part("image", png_part(b"GIF89a....".to_vec()))
+                .text("prompt", "x"),
+            "image",
+            "PNG",
+        ),
+        (
+            Form::new()
+                .part("image", png_part(rgba_png(32, 16, Some(HOLE))))
+                .text("prompt", "x"),
+            "image",
+            "square",
+        ),
+        (
+            Form::new()
+                .part("image", png_part(vec![7u8; 4 * 1024 * 1024 + 1]))
+                .text("prompt", "x"),
+            "image",
+            "4 MB",
+        ),
+        // Nothing marks where to paint.
+        (
+            Form::new()
+                .part("image", png_part(png(32, 32)))
+                .text("prompt", "x"),
+            "image",
+            "no alpha channel",
+        ),
+        (
+            Form::new()
+                .part("image", png_part(rgba_png(32, 32, None)))
+                .text("prompt", "x"),
+            "image",
+            "nothing to repaint",
+        ),
+        (
+            with(Form::new().text("prompt", "x")).part("mask", png_part(rgba_png(32, 32, None))),
+            "mask",
+            "nothing to repaint",
+        ),
+        (
+            with(Form::new().text("prompt", "x")).part("mask", png_part(png(32, 32))),
+            "mask",
+            "no alpha channel",
+        ),
+        // The mask must match the image.
+        (
+            with(Form::new().text("prompt", "x"))
+                .part("mask", png_part(rgba_png(16, 16, Some(HOLE)))),
+            "mask",
+            "same size",
+        ),
+        (
+            with(Form::new().text("prompt", "x"))
+                .part("mask", png_part(rgba_png(32, 20, Some(HOLE)))),
+            "mask",
+            "square",
+        ),
+        (
+            with(Form::new().text("prompt", "x")).part(
+                "mask",
+                png_part(rgba_png(32, 32, Some(HOLE))[..30].to_vec()),
+            ),
+            "mask",
+            "readable PNG",
+        ),
+        (
+            with(Form::new().text("prompt", "x"))
+                .part("mask", png_part(vec![7u8; 4 * 1024 * 1024 + 1])),
+            "mask",
+            "4 MB",
+        ),
+    ];
+    for (form, param, words) in cases {
+        let response = client.post(&url).multipart(form).send().await.unwrap();
+        let error = error_of(response, StatusCode::BAD_REQUEST).await;
+        assert_eq!(error["param"], param, "{error}");
+        assert_eq!(error["type"], "invalid_request_error");
+        assert!(
+            error["message"].as_str().unwrap().contains(words),
+            "`{words}` not in {error}"
+        );
+    }
+    let json = client
+        .post(&url)
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    error_of(json, StatusCode::UNSUPPORTED_MEDIA_TYPE).await;
+    let no_boundary = client
+        .post(&url)
+        .header("content-type", "multipart/form-data")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    error_of(no_boundary, StatusCode::BAD_REQUEST).await;
+    // Two images of 4 MB fit the body limit; more does not.
+    let too_big = Form::new()
+        .part("image", png_part(vec![0u8; 4 * 1024 * 1024]))
+        .part("mask", png_part(vec![0u8; 4 * 1024 * 1024]))
+        .part("user", png_part(vec![0u8; 200 * 1024]));
+    let response = client.post(&url).multipart(too_big).send().await.unwrap();
+    error_of(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+    let wrong_method = client.get(&url).send().await.unwrap();
+    error_of(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await;
+    server.shutdown().await.unwrap();
+}
+
+/// A model without prior/ (the variations fixture) cannot paint from text: generations and
+/// edits are clear 400s.
+#[tokio::test]
+async fn edits_need_a_prior() {
+    let (server, base) = start(ServerConfig {
+        options: config().options,
+        ..ServerConfig::new(fixtures().join("unclip_tiny_variation"))
+    })
+    .await;
+    let client = Client::new();
+    let models: Value = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(models["data"][0]["edits"], false);
+    assert_eq!(models["data"][0]["variations"], true);
+    let form = Form::new()
+        .part("image", png_part(rgba_png(32, 32, Some(HOLE))))
+        .text("prompt", "a red circle");
+    let response = client
+        .post(format!("{base}/v1/images/edits"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let error = error_of(response, StatusCode::BAD_REQUEST).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("prior/"),
+        "{error}"
+    );
+    let response = client
+        .post(format!("{base}/v1/images/generations"))
+        .json(&json!({"prompt": "x"}))
+        .send()
+        .await
+        .unwrap();
+    let error = error_of(response, StatusCode::BAD_REQUEST).await;
+    assert!(
+        error["message"].as_str().unwrap().contains("prior/"),
+        "{error}"
+    );
+    server.shutdown().await.unwrap();
+}
+
+async fn edit(client: Client, base: String, n: usize) -> reqwest::Response {
+    let form = Form::new()
+        .part("image", png_part(rgba_png(32, 32, Some(HOLE))))
+        .text("prompt", "a queue")
+        .text("n", n.to_string())
+        .text("response_format", "b64_json");
+    client
+        .post(format!("{base}/v1/images/edits"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// Edits share the bounded queue with the other routes: past it they get 429 too.
+#[tokio::test]
+async fn edits_queue_with_generations_and_get_429_when_full() {
+    let (server, base) = start(ServerConfig {
+        max_queue: 1,
+        batch: BatchPolicy {
+            max_batch: 1,
+            batch_wait: Duration::ZERO,
+        },
+        ..config()
+    })
+    .await;
+    let client = Client::new();
+    let mut requests = Vec::new();
+    for _ in 0..6 {
+        requests.push(tokio::spawn(edit(client.clone(), base.clone(), 4)));
+        requests.push(tokio::spawn(generate(client.clone(), base.clone(), 4)));
+    }
+    let mut edits = (0, 0);
+    for (i, request) in requests.into_iter().enumerate() {
+        let response = request.await.unwrap();
+        let is_edit = i % 2 == 0;
+        match response.status() {
+            StatusCode::OK => {
+                let body: Value = response.json().await.unwrap();
+                assert_eq!(body["data"].as_array().unwrap().len(), 4);
+                if is_edit {
+                    edits.0 += 1;
+                }
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                assert!(response.headers().contains_key("retry-after"));
+                let error = error_of(response, StatusCode::TOO_MANY_REQUESTS).await;
+                assert_eq!(error["code"], "rate_limit_exceeded");
+                if is_edit {
+                    edits.1 += 1;
+                }
+            }
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert!(edits.1 >= 1, "no edit was refused: {edits:?}");
+    // The queue drains: an edit sent alone now succeeds.
+    assert_eq!(edit(client, base, 1).await.status(), 200);
+    server.shutdown().await.unwrap();
+}
+
+// Raw sockets for the connection tests, with tokio's readiness calls (the io-util extension
+// traits are not among the features this workspace builds tokio with).
+
+async fn send_raw(stream: &tokio::net::TcpStream, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        stream.writable().await.unwrap();
+        match stream.try_write(bytes) {
+            Ok(n) => bytes = &bytes[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => panic!("writing to the server: {e}"),
+        }
+    }
+}
+
+/// One read: Ok(0) when the peer closed.
+async fn read_raw(stream: &tokio::net::TcpStream, buffer: &mut [u8]) -> std::io::Result<usize> {
+    loop {
+        stream.readable().await?;
+        match stream.try_read(buffer) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
+    }
+}
+
+/// Reads until the server closes the connection (or `limit` passes); what was read and
+/// whether it closed.
+async fn read_until_closed(stream: &tokio::net::TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, read_raw(stream, &mut buffer)).await {
+            Err(_) => return (received, false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (received, true),
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    let (server, base) = start(ServerConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    send_raw(&slow, b"GET /healthz HTT").await;
+    let (answer, closed) = read_until_closed(&slow, Duration::from_secs(10)).await;
+    let waited = started.elapsed();
+    assert!(closed, "still open after {waited:?}");
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+        "closed after {waited:?}; the timeout is 300 ms"
+    );
+    assert!(
+        !String::from_utf8_lossy(&answer).contains("200 OK"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A client that does send its request is served as before.
+    let health = Client::new()
+        .get(format!("{base}/healthz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 200);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_beyond_the_limit_wait_until_one_closes() {
+    let (server, _base) = start(ServerConfig {
+        max_connections: 2,
+        ..config()
+    })
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(tokio::net::TcpStream::connect(server.addr).await.unwrap());
+    }
+    // The kernel completes the third handshake, but the server does not take the connection.
+    let third = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    send_raw(
+        &third,
+        b"GET /healthz HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let (answer, closed) = read_until_closed(&third, Duration::from_millis(700)).await;
+    assert!(
+        answer.is_empty() && !closed,
+        "answered at the limit: {}",
+        String::from_utf8_lossy(&answer)
+    );
+    drop(held.pop());
+    let (answer, closed) = read_until_closed(&third, Duration::from_secs(10)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(closed && answer.starts_with("HTTP/1.1 200"), "{answer}");
+    server.shutdown().await.unwrap();
 }
