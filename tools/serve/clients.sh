@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `unclip serve` as outside clients see it, on loopback with the tiny fixture pipeline:
-#   1. the official `openai` Python client (tools/serve/openai_client_check.py), with an API key;
-#   2. the web page in headless Chromium, generating from ?prompt= and displaying the images.
+#   1. the official `openai` Python client (tools/serve/openai_client_check.py), with an API key:
+#      generations, variations and edits;
+#   2. the web page in headless Chromium: it generates from ?prompt=, displays the images, then
+#      (?edit=) paints a mask on the first one in its editor and displays the edited images.
 # Needs a release `unclip` binary, a Python with `openai` and Debian's chromium; .ci/run installs
 # the last two and runs this. Override with UNCLIP_BIN, UNCLIP_PYTHON, CHROMIUM.
 set -euo pipefail
@@ -61,13 +63,22 @@ start_server "$PORT"
 timeout 120 "$CHROMIUM" --headless --no-sandbox --disable-gpu --disable-dev-shm-usage \
   --disable-background-networking --disable-component-update --disable-sync --no-first-run --disable-quic \
   --user-data-dir="$WORK/chromium" --virtual-time-budget=30000 --window-size=1000,800 \
-  --dump-dom "http://127.0.0.1:$PORT/?prompt=a+red+circle" >"$WORK/dom.html" 2>"$WORK/chromium.log" || {
+  --dump-dom "http://127.0.0.1:$PORT/?prompt=a+red+circle&edit=a+blue+square" >"$WORK/dom.html" 2>"$WORK/chromium.log" || {
   cat "$WORK/chromium.log" >&2; echo "clients.sh: chromium failed" >&2; exit 1; }
-if grep -q 'data-state="shown"' "$WORK/dom.html" && [ "$(grep -o 'data-loaded="true"' "$WORK/dom.html" | wc -l)" -ge 2 ]; then
+if grep -q 'data-generate="shown"' "$WORK/dom.html" && [ "$(grep -o 'data-loaded="true"' "$WORK/dom.html" | wc -l)" -ge 2 ]; then
   echo "chromium: the page generated and displayed the images"
   passed=$((passed + 1))
 else
   echo "clients.sh: the page did not display generated images; its DOM:" >&2
+  head -c 4000 "$WORK/dom.html" >&2
+  exit 1
+fi
+metrics=$("$PYTHON" -c "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:$PORT/metrics', timeout=5).read().decode())")
+if grep -q 'data-edit="shown"' "$WORK/dom.html" && grep -q 'route="/v1/images/edits",status="200"' <<<"$metrics"; then
+  echo "chromium: the page painted a mask, edited an image and displayed the edits"
+  passed=$((passed + 1))
+else
+  echo "clients.sh: the page did not display edited images; its DOM:" >&2
   head -c 4000 "$WORK/dom.html" >&2
   exit 1
 fi
