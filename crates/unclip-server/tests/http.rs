@@ -263,6 +263,8 @@ async fn models_health_metrics_and_page() {
     ] {
         assert!(text.contains(line), "missing `{line}` in\n{text}");
     }
+    // At least the connection that asked for the metrics is open.
+    assert!(metric(&text, "unclip_open_connections") >= 1.0, "{text}");
     server.shutdown().await.unwrap();
 }
 
@@ -1242,4 +1244,28 @@ async fn connections_beyond_the_limit_wait_until_one_closes() {
     let answer = String::from_utf8_lossy(&answer);
     assert!(closed && answer.starts_with("HTTP/1.1 200"), "{answer}");
     server.shutdown().await.unwrap();
+}
+
+/// A half-sent request does not hold shutdown up for longer than the header timeout.
+#[tokio::test]
+async fn shutdown_is_not_held_up_by_a_half_sent_request() {
+    let (server, _base) = start(ServerConfig {
+        header_read_timeout: Duration::from_millis(300),
+        ..config()
+    })
+    .await;
+    let slow = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    send_raw(
+        &slow,
+        b"POST /v1/images/generations HTTP/1.1\r\nHost: x\r\n",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let stopped = tokio::time::timeout(Duration::from_secs(10), server.shutdown()).await;
+    assert!(
+        matches!(stopped, Ok(Ok(()))),
+        "shutdown did not finish within 10 s"
+    );
+    let (_, closed) = read_until_closed(&slow, Duration::from_secs(1)).await;
+    assert!(closed);
 }
