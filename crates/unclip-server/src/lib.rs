@@ -2,8 +2,9 @@
 //! clients work against a local model unchanged.
 //!
 //! - `POST /v1/images/generations` (JSON), `POST /v1/images/variations` and
-//!   `POST /v1/images/edits` (multipart), with OpenAI's request, response and error shapes; `response_format` `b64_json` or `url`
-//!   (served at `/v1/files/{id}.png` for [`ServerConfig::url_ttl`], one hour by default).
+//!   `POST /v1/images/edits` (multipart), with OpenAI's request, response and error shapes;
+//!   `response_format` `b64_json` or `url` (served at `/v1/files/{id}.png` for
+//!   [`ServerConfig::url_ttl`], one hour by default).
 //! - `GET /v1/models`, `GET /healthz`, `GET /metrics` (Prometheus), `GET /` (a web page).
 //! - Model work runs on one dedicated thread fed by a bounded queue (429 + Retry-After when
 //!   full); concurrent requests are merged into shared batches; requests whose client left
@@ -282,8 +283,8 @@ impl Prepared {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ServerError> {
         connections::serve(listener, self.router, self.limits, self.metrics, shutdown).await;
-        // Every connection has closed and the router (and with it every queue sender) is gone: the worker finishes what was
-        // queued and ends. Wait for it, but not forever.
+        // Every connection has closed and the router (and with it every queue sender) is gone:
+        // the worker finishes what was queued and ends. Wait for it, but not forever.
         let worker = self.worker;
         let deadline = Instant::now() + Duration::from_secs(30);
         while !worker.is_finished() && Instant::now() < deadline {
