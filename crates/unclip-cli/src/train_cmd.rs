@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::Args;
 use std::path::PathBuf;
+use unclip::checkpoint::{cast_folder_weights, parse_storage_dtype};
 use unclip::data::DataSource;
 use unclip::pipeline::{assemble, PipelineParts};
 use unclip::train::{
@@ -94,6 +95,10 @@ pub struct AssembleArgs {
     pub upsampler: Option<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
+    /// Storage precision of the weights written (every loader computes in f32 regardless):
+    /// f16 halves the folder, as the built-in models use.
+    #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
+    pub dtype: String,
 }
 
 fn settings(train: &mut TrainSettings, args: &StageArgs) {
@@ -230,6 +235,18 @@ pub fn assemble_command(args: AssembleArgs) -> Result<()> {
         upsampler: args.upsampler.as_deref(),
     };
     assemble(&parts, &args.out)?;
+    let dtype = parse_storage_dtype(&args.dtype)?;
+    if dtype != candle_core::DType::F32 {
+        let cast = cast_folder_weights(&args.out, dtype)?;
+        eprintln!(
+            "stored {} tensors in {} files as {}: {:.1} MB -> {:.1} MB",
+            cast.tensors,
+            cast.files,
+            args.dtype,
+            cast.bytes_before as f64 / 1e6,
+            cast.bytes_after as f64 / 1e6
+        );
+    }
     eprintln!("wrote the pipeline folder {}", args.out.display());
     Ok(())
 }

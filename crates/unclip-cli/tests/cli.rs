@@ -864,14 +864,23 @@ fn eval_shapes_runs_on_the_tiny_pipeline_and_reports_every_form() {
     let pngs = std::fs::read_dir(&save)
         .unwrap()
         .filter(|e| {
-            e.as_ref()
+            let name = e
+                .as_ref()
                 .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "png")
+                .file_name()
+                .to_string_lossy()
+                .into_owned();
+            name.ends_with("-pass.png") || name.ends_with("-fail.png")
         })
         .count();
     assert_eq!(pngs, 8);
+    // sheet.png: the 8 images framed, 2 per prompt, 2 prompts per row.
+    let sheet = image::open(save.join("sheet.png")).unwrap();
+    let first = image::open(save.join("0000-0-fail.png"))
+        .or_else(|_| image::open(save.join("0000-0-pass.png")))
+        .unwrap();
+    assert_eq!(sheet.width(), 4 * (first.width() + 4) + 5 * 2);
+    assert_eq!(sheet.height(), 2 * (first.height() + 4) + 3 * 2);
     let verdicts: serde_json::Value =
         serde_json::from_slice(&std::fs::read(save.join("verdicts.json")).unwrap()).unwrap();
     let images = verdicts["images"].as_array().unwrap();

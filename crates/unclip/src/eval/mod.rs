@@ -23,4 +23,4 @@ pub use frechet::{frechet_distance, frechet_distance_of, Gaussian};
 pub use recognize::DetectedObject;
 pub use score::{FormScore, ShapesScore};
 pub use shapes_eval::{evaluate_shapes, JudgedImage, ShapesEvalOptions};
-pub use verdict_folder::{VerdictFolder, VERDICTS_FILE};
+pub use verdict_folder::{VerdictFolder, SHEET_FILE, VERDICTS_FILE};

@@ -7,6 +7,7 @@
 use super::conditioning::{
     keep_mask, normal, select_rows, timesteps, FrozenClip, TextConditioning,
 };
+use super::noise_loss::noise_prediction_loss;
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::write_config;
@@ -38,6 +39,9 @@ pub struct DecoderRecipe {
     pub image_embedding_drop: f64,
     #[serde(default = "caption_drop")]
     pub caption_drop: f64,
+    /// Min-SNR-γ loss weighting (γ = 5 in its paper); absent: the plain mean squared error.
+    #[serde(default)]
+    pub min_snr_gamma: Option<f64>,
 }
 
 fn image_drop() -> f64 {
@@ -58,6 +62,7 @@ pub struct DecoderStage {
     clip: FrozenClip,
     image_drop: f64,
     caption_drop: f64,
+    min_snr_gamma: Option<f64>,
     image_size: usize,
     /// The empty caption's conditioning (1 row), used where the caption is dropped.
     empty: TextConditioning,
@@ -106,6 +111,7 @@ impl DecoderStage {
             clip,
             image_drop: recipe.image_embedding_drop,
             caption_drop: recipe.caption_drop,
+            min_snr_gamma: recipe.min_snr_gamma,
             empty,
         })
     }
@@ -194,7 +200,7 @@ impl TrainStage for DecoderStage {
         )?;
         let c = x0.dim(1)?;
         let eps = out.narrow(1, 0, c)?;
-        let mse = (&eps - &noise)?.sqr()?.mean_all()?;
+        let mse = noise_prediction_loss(&eps, &noise, &self.schedule, &ts, self.min_snr_gamma)?;
         if out.dim(1)? == 2 * c {
             let v = out.narrow(1, c, c)?;
             Ok((mse + vlb_loss(&self.schedule, x0, &x_t, &eps, &v, &ts)?)?)

@@ -5,6 +5,7 @@ mod conditioning;
 mod decoder;
 mod ema;
 mod embedding_cache;
+mod noise_loss;
 mod optim;
 mod params;
 mod plot;

@@ -5,6 +5,7 @@
 //! sampling time it repairs what the decoder's image lacks.
 
 use super::conditioning::{normal, timesteps};
+use super::noise_loss::noise_prediction_loss;
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::write_config;
@@ -36,6 +37,9 @@ pub struct UpsamplerRecipe {
     /// Largest standard deviation of the noise added to the low-resolution image ([-1, 1] scale).
     #[serde(default = "noise")]
     pub max_noise: f64,
+    /// Min-SNR-γ loss weighting (γ = 5 in its paper); absent: the plain mean squared error.
+    #[serde(default)]
+    pub min_snr_gamma: Option<f64>,
 }
 
 fn blur() -> [f64; 2] {
@@ -163,7 +167,7 @@ impl TrainStage for UpsamplerStage {
         let eps = self
             .unet
             .forward(&Tensor::cat(&[&x_t, &up], 1)?, &t, None)?;
-        Ok((eps - noise)?.sqr()?.mean_all()?)
+        noise_prediction_loss(&eps, &noise, &self.schedule, &ts, self.recipe.min_snr_gamma)
     }
 
     fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()> {

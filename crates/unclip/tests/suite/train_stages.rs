@@ -343,4 +343,32 @@ fn trained_parts_assemble_into_a_pipeline_that_generates_and_varies() {
         )
         .unwrap();
     assert_eq!(varied.dims(), &[1, 32, 32, 3]);
+
+    // The same pipeline stored as f16 is half the size and draws nearly the same image.
+    let half = root.join("pipeline-f16");
+    assemble(&parts, &half).unwrap();
+    let cast = unclip::checkpoint::cast_folder_weights(&half, candle_core::DType::F16).unwrap();
+    assert!(cast.files >= 6, "{cast:?}");
+    assert!(cast.bytes_after * 10 < cast.bytes_before * 6, "{cast:?}");
+    let half_pipeline = UnclipPipeline::load(&half, &Device::Cpu).unwrap();
+    let half_images = half_pipeline
+        .generate(
+            &["a red circle"],
+            &opts,
+            &mut NoiseSource::seeded(0),
+            &mut |_, _, _| {},
+        )
+        .unwrap();
+    let drift = (&half_images - &images)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(drift < 0.05, "f16 storage moved a pixel by {drift}");
+    assert!(unclip::checkpoint::parse_storage_dtype("f8").is_err());
 }
