@@ -1,5 +1,6 @@
 //! `unclip invert`, `interpolate`, `textdiff` and `edit`: manipulations of existing images.
 
+use crate::builtin_models::{model_path, DEFAULT_MODEL};
 use crate::generate::{numbered, stage_bars};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
@@ -17,7 +18,7 @@ use unclip::pipeline::{
 #[derive(Args)]
 pub struct InversionArgs {
     /// A diffusers unCLIP variations folder (with image_encoder/).
-    #[arg(long)]
+    #[arg(long, default_value = DEFAULT_MODEL, value_parser = model_path)]
     pub model: PathBuf,
     /// DDIM steps, the same for the inversion and the decoding.
     #[arg(long, default_value_t = 25)]
@@ -104,7 +105,7 @@ pub struct TextDiffArgs {
 #[derive(Args)]
 pub struct EditArgs {
     /// A diffusers unCLIP pipeline folder with a prior (text-to-image).
-    #[arg(long)]
+    #[arg(long, default_value = DEFAULT_MODEL, value_parser = model_path)]
     pub model: PathBuf,
     #[arg(long)]
     pub image: PathBuf,

@@ -1,5 +1,6 @@
 //! `unclip eval ...`: score a pipeline on the shapes world or on captioned data.
 
+use crate::builtin_models::model_path;
 use crate::progress;
 use anyhow::{Context, Result};
 use candle_core::Device;
@@ -70,7 +71,7 @@ impl EvalSamplingArgs {
 #[derive(Args)]
 pub struct EvalShapesArgs {
     /// A diffusers unCLIP pipeline folder.
-    #[arg(long)]
+    #[arg(long, value_parser = model_path)]
     pub model: PathBuf,
     /// Prompt file: one shapes-world prompt per line (blank lines and # comments skipped),
     /// e.g. models/shapes/eval-prompts.txt.
@@ -93,7 +94,7 @@ pub struct EvalShapesArgs {
 #[derive(Args)]
 pub struct EvalCaptionsArgs {
     /// A diffusers unCLIP pipeline folder with its CLIP image tower (image_encoder/).
-    #[arg(long)]
+    #[arg(long, value_parser = model_path)]
     pub model: PathBuf,
     /// Held-out captioned data: an image folder with .txt captions or WebDataset shards.
     #[arg(long)]

@@ -1,5 +1,6 @@
 //! `unclip generate` and `unclip vary`: parse, run the pipeline, write PNGs.
 
+use crate::builtin_models::{model_path, DEFAULT_MODEL};
 use crate::progress;
 use anyhow::{bail, Result};
 use candle_core::Device;
@@ -45,11 +46,14 @@ pub struct SamplingArgs {
 
 #[derive(Args)]
 pub struct GenerateArgs {
-    /// A diffusers unCLIP pipeline folder (Karlo's layout).
-    #[arg(long)]
+    /// A diffusers unCLIP pipeline folder (Karlo's layout), or a built-in model's name
+    /// (emoji, shapes).
+    #[arg(long, default_value = DEFAULT_MODEL, value_parser = model_path)]
     pub model: PathBuf,
-    /// The prompt (repeat for a batch of prompts).
-    #[arg(long = "prompt", required = true)]
+    /// The prompt(s), as arguments or with --prompt (repeat for a batch).
+    #[arg(value_name = "PROMPT")]
+    pub positional_prompts: Vec<String>,
+    #[arg(long = "prompt")]
     pub prompts: Vec<String>,
     #[arg(long, default_value_t = 25)]
     pub prior_steps: usize,
@@ -64,8 +68,8 @@ pub struct GenerateArgs {
 
 #[derive(Args)]
 pub struct VaryArgs {
-    /// A diffusers unCLIP variations folder (with image_encoder/).
-    #[arg(long)]
+    /// A diffusers unCLIP variations folder (with image_encoder/), or a built-in model's name.
+    #[arg(long, default_value = DEFAULT_MODEL, value_parser = model_path)]
     pub model: PathBuf,
     /// Input image (repeat for several).
     #[arg(long = "image", required = true)]
@@ -164,6 +168,15 @@ fn write_outputs(images: &candle_core::Tensor, s: &SamplingArgs) -> Result<()> {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
+    let prompts: Vec<String> = args
+        .positional_prompts
+        .iter()
+        .chain(&args.prompts)
+        .cloned()
+        .collect();
+    if prompts.is_empty() {
+        bail!("no prompt: give one, as in `unclip generate \"a red apple\"`, or --prompt T");
+    }
     let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
     let opts = GenerateOptions {
         prior_steps: args.prior_steps,
@@ -172,7 +185,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         ..options(&args.sampling)?
     };
     let mut noise = noise(&args.sampling)?;
-    let images = pipeline.generate(&args.prompts, &opts, &mut noise, &mut stage_bars())?;
+    let images = pipeline.generate(&prompts, &opts, &mut noise, &mut stage_bars())?;
     warn_unused_tape(&noise);
     write_outputs(&images, &args.sampling)
 }

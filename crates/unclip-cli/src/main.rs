@@ -1,6 +1,7 @@
 //! The `unclip` command: parses arguments, calls the library, formats the result.
 
 mod bench;
+mod builtin_models;
 mod cli;
 mod commands;
 mod data_cmd;

@@ -1,5 +1,6 @@
 //! `unclip serve`: the OpenAI Images API over HTTP (crates/unclip-server).
 
+use crate::builtin_models::{model_path, DEFAULT_MODEL};
 use anyhow::{bail, Result};
 use clap::Args;
 use std::path::PathBuf;
@@ -11,7 +12,7 @@ use unclip_server::{ApiKeys, BatchPolicy, ServerConfig};
 pub struct ServeArgs {
     /// A diffusers unCLIP pipeline folder: prior/ serves generations and edits, image_encoder/
     /// variations.
-    #[arg(long)]
+    #[arg(long, default_value = DEFAULT_MODEL, value_parser = model_path)]
     pub model: PathBuf,
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub addr: String,

@@ -242,10 +242,10 @@ impl UnclipPipeline {
     /// inversion used and the one sampling sees is amplified 20 000-fold. x̂_0 is not clipped:
     /// clipping maps many x_t to one x_{t-1}, which cannot be run backwards.
     fn inversion_scheduler(&self, eta: f64, steps: usize) -> Result<Scheduler> {
-        if self.decoder_scheduler.prediction_type != Prediction::Epsilon {
+        if self.decoder_scheduler.prediction_type == Prediction::VPrediction {
             return Err(Error::config(
                 "decoder_scheduler.prediction_type",
-                "inversion needs an epsilon-predicting decoder; allowed: epsilon",
+                "inversion runs decoders that predict epsilon or sample, not v_prediction",
             ));
         }
         let config = SchedulerConfig {
@@ -321,9 +321,17 @@ impl UnclipPipeline {
             let s = scheduler.timesteps()[i];
             let t = scheduler.prev_timestep(i);
             let (a_s, a_t) = (schedule.alpha_bar(s) as f64, schedule.alpha_bar(t) as f64);
+            let predicts_sample = self.decoder_scheduler.prediction_type == Prediction::Sample;
             let eps_at = |x: &Tensor| -> Result<Tensor> {
-                let out = self.decoder_output(&condition, x, s)?;
-                Ok(out.narrow(1, 0, channels)?)
+                let out = self
+                    .decoder_output(&condition, x, s)?
+                    .narrow(1, 0, channels)?;
+                if predicts_sample {
+                    // ε̂ = (x_s − √ᾱ_s x̂_0) / √(1−ᾱ_s), the sampler's own reading of x̂_0.
+                    Ok(((x - (out * a_s.sqrt())?)? / (1.0 - a_s).max(1e-12).sqrt())?)
+                } else {
+                    Ok(out)
+                }
             };
             let solve = |eps: &Tensor| -> Result<Tensor> {
                 let x0 = ((&x - (eps * (1.0 - a_t).sqrt())?)? / a_t.sqrt())?;

@@ -7,12 +7,12 @@
 use super::conditioning::{
     keep_mask, normal, select_rows, timesteps, FrozenClip, TextConditioning,
 };
-use super::noise_loss::noise_prediction_loss;
+use super::noise_loss::{check_trainable, denoising_loss, denoising_target};
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::write_config;
 use crate::diffusion::{
-    vlb_loss, NoiseSchedule, NoiseSource, Sampler, SchedulerConfig, VarianceType,
+    vlb_loss, NoiseSchedule, NoiseSource, Prediction, Sampler, SchedulerConfig, VarianceType,
 };
 use crate::error::{Error, Result};
 use crate::imageops::{contact_sheet, save_png, to_rgb8};
@@ -91,6 +91,13 @@ impl DecoderStage {
                 "use learned_range exactly when unet.out_channels is twice in_channels",
             ));
         }
+        if learned && recipe.scheduler.prediction_type != Prediction::Epsilon {
+            return Err(Error::config(
+                "scheduler.prediction_type",
+                "a learned variance (learned_range) trains with epsilon prediction only",
+            ));
+        }
+        check_trainable(recipe.scheduler.prediction_type)?;
         let mut text_proj_config = recipe.text_proj.clone();
         text_proj_config.clip_embeddings_dim = clip.embedding_dim();
         text_proj_config.time_embed_dim = unet_config.time_embed_dim();
@@ -200,7 +207,16 @@ impl TrainStage for DecoderStage {
         )?;
         let c = x0.dim(1)?;
         let eps = out.narrow(1, 0, c)?;
-        let mse = noise_prediction_loss(&eps, &noise, &self.schedule, &ts, self.min_snr_gamma)?;
+        let prediction = self.scheduler.prediction_type;
+        let target = denoising_target(prediction, x0, &noise)?;
+        let mse = denoising_loss(
+            &eps,
+            &target,
+            prediction,
+            &self.schedule,
+            &ts,
+            self.min_snr_gamma,
+        )?;
         if out.dim(1)? == 2 * c {
             let v = out.narrow(1, c, c)?;
             Ok((mse + vlb_loss(&self.schedule, x0, &x_t, &eps, &v, &ts)?)?)

@@ -5,7 +5,7 @@
 //! sampling time it repairs what the decoder's image lacks.
 
 use super::conditioning::{normal, timesteps};
-use super::noise_loss::noise_prediction_loss;
+use super::noise_loss::{check_trainable, denoising_loss, denoising_target};
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::write_config;
@@ -77,6 +77,7 @@ fn gaussian_matrix(n: usize, sigma: f64, device: &Device) -> Result<Tensor> {
 impl UpsamplerStage {
     pub fn new(recipe: &UpsamplerRecipe, seed: u64) -> Result<Self> {
         recipe.unet.validate()?;
+        check_trainable(recipe.scheduler.prediction_type)?;
         if recipe.unet.in_channels != 2 * recipe.unet.out_channels {
             return Err(Error::config(
                 "unet.in_channels",
@@ -167,7 +168,16 @@ impl TrainStage for UpsamplerStage {
         let eps = self
             .unet
             .forward(&Tensor::cat(&[&x_t, &up], 1)?, &t, None)?;
-        noise_prediction_loss(&eps, &noise, &self.schedule, &ts, self.recipe.min_snr_gamma)
+        let prediction = self.scheduler.prediction_type;
+        let target = denoising_target(prediction, x0, &noise)?;
+        denoising_loss(
+            &eps,
+            &target,
+            prediction,
+            &self.schedule,
+            &ts,
+            self.recipe.min_snr_gamma,
+        )
     }
 
     fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()> {
