@@ -50,6 +50,8 @@ def main():
         decoder_scheduler=UnCLIPScheduler.from_pretrained(str(root / "decoder_scheduler")),
         super_res_scheduler=UnCLIPScheduler.from_pretrained(str(root / "super_res_scheduler")),
     )
+    # The built-in models store f16 weights; unclip computes in f32, and so must the reference.
+    pipe = pipe.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
 
     def run():

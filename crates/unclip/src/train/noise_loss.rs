@@ -49,7 +49,7 @@ pub fn denoising_loss(
     let Some(gamma) = gamma else {
         return Ok(squared.mean_all()?);
     };
-    if !(gamma > 0.0) {
+    if !gamma.is_finite() || gamma <= 0.0 {
         return Err(Error::config("min_snr_gamma", "must be positive"));
     }
     let weights: Vec<f32> = ts
@@ -92,10 +92,17 @@ mod tests {
         .unwrap();
         assert_eq!(plain, 1.0);
         // t = 900 is noisy (SNR < 5): weight 1; t = 10 is nearly clean: weight 5 / SNR << 1.
-        let weighted = noise_prediction_loss(&predicted, &noise, &schedule, &[10, 900], Some(5.0))
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let weighted = denoising_loss(
+            &predicted,
+            &noise,
+            Prediction::Epsilon,
+            &schedule,
+            &[10, 900],
+            Some(5.0),
+        )
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
         let a = schedule.alpha_bar(10) as f64;
         let expected = (1.0 + 5.0 / (a / (1.0 - a))) / 2.0;
         assert!(
