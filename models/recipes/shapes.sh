@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Retrains models/shapes from scratch on 2 CPU cores: the shapes world (50,000 scenes; 10% of
+# the grammar held out for `unclip eval shapes`), CLIP, the prior, the 32 px decoder, and the
+# shared 32 -> 64 px upsampler (upsampler.sh), assembled with f16 weights.
+# Each stage writes checkpoints; rerun a killed stage with --resume added to its line.
+# Usage: bash models/recipes/shapes.sh   (env: UNCLIP binary, WORK folder, RAYON_NUM_THREADS)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+UNCLIP=${UNCLIP:-target/release/unclip}
+WORK=${WORK:-runs}
+R=models/recipes
+export RAYON_NUM_THREADS=${RAYON_NUM_THREADS:-1}
+[ -x "$UNCLIP" ] || cargo build --release
+W=$WORK/shapes
+[ -d "$W/data/006" ] || "$UNCLIP" data shapes --n 50000 --out "$W/data" --seed 1
+# CLIP: the schedule is laid out for 3,000 steps; the built-in model stops at 1,000.
+"$UNCLIP" train clip --data "$W/data" --out "$W/clip" --config $R/clip-shapes.json \
+  --max-steps 3000 --stop-at 1000 --checkpoint-every 500 --workers 1
+"$UNCLIP" embed-dataset --clip "$W/clip" --data "$W/data" --out "$W/embeddings.safetensors"
+"$UNCLIP" train prior --data "$W/data" --embeddings "$W/embeddings.safetensors" --clip "$W/clip" \
+  --out "$W/prior" --config $R/prior-shapes.json --max-steps 1200 --checkpoint-every 400 --workers 1
+"$UNCLIP" train decoder --data "$W/data" --clip "$W/clip" --out "$W/decoder" \
+  --config $R/decoder-shapes.json --max-steps 3000 --stop-at 2250 --checkpoint-every 250 --workers 1
+[ -d "$WORK/upsampler/super_res_first" ] || WORK=$WORK bash $R/upsampler.sh
+"$UNCLIP" assemble --clip "$W/clip" --prior "$W/prior" --decoder "$W/decoder" \
+  --upsampler "$WORK/upsampler" --dtype f16 --out "$W/pipeline"
+# models/shapes also holds eval-prompts.txt, so the pipeline's parts are copied in beside it.
+cp -r "$W"/pipeline/* models/shapes/
