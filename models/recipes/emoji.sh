@@ -24,7 +24,7 @@ VAL="$W/data/val-000000.tar"
 "$UNCLIP" train prior --data "$TRAIN" --embeddings "$W/embeddings.safetensors" --clip "$W/clip" \
   --out "$W/prior" --config $R/prior-emoji.json --max-steps 1000 --checkpoint-every 500 --workers 1
 "$UNCLIP" train decoder --data "$TRAIN" --val-data "$VAL" --clip "$W/clip" --out "$W/decoder" \
-  --config $R/decoder-emoji.json --max-steps 3000 --stop-at 2250 --checkpoint-every 250 --workers 1
+  --config $R/decoder-emoji.json --max-steps 3000 --checkpoint-every 250 --workers 1
 [ -d "$WORK/upsampler/super_res_first" ] || WORK=$WORK bash $R/upsampler.sh
 "$UNCLIP" assemble --clip "$W/clip" --prior "$W/prior" --decoder "$W/decoder" \
   --upsampler "$WORK/upsampler" --dtype f16 --out models/emoji

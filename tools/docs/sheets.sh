@@ -44,7 +44,8 @@ b=${picked[8]%.txt}.png
 cp "$tmp/interp/sheet.png" "$D/interpolate.png"
 cp "$tmp/interp/"*.gif "$D/interpolate.gif"
 "$UNCLIP" textdiff --model "$E" --image "$b" --from "a twitter-style emoji" --to "a google-style emoji" \
-  --frames 6 --output "$D/textdiff.png"
+  --frames 6 --output "$tmp/textdiff.png"
+cp "$tmp/textdiff.png" "$D/textdiff.png"
 "$UNCLIP" edit --model "$E" --image "$a" --mask "$D/mask-right-half.png" \
   --prompt "red heart, a twitter-style emoji" --n 4 --seed 0 --output "$tmp/edit.png"
 for k in 0 1 2 3; do cp "$tmp/edit-$k.png" "$D/edit-$k.png"; done
