@@ -23,6 +23,31 @@ from diffusers.pipelines.deprecated.unclip import UnCLIPPipeline, UnCLIPTextProj
 from transformers import CLIPTextModelWithProjection, CLIPTokenizer
 
 
+def fixed_variance_decoder(pipe):
+    """UnCLIPPipeline splits the guided decoder output into noise and a learned variance (Karlo's
+    6 channels) and fails on a 3-channel, fixed-variance decoder (the built-in models). Such a
+    decoder's output is doubled before that split and the scheduler step reads the first half,
+    which is the same arithmetic; Karlo-shaped folders are left alone."""
+    decoder, scheduler = pipe.decoder, pipe.decoder_scheduler
+    if decoder.config.out_channels != decoder.config.in_channels:
+        return
+    forward, step = decoder.forward, scheduler.step
+
+    def doubled(*a, **k):
+        out = forward(*a, **k)
+        out.sample = torch.cat([out.sample, out.sample], dim=1)
+        return out
+
+    def first_half(model_output, *a, **k):
+        sample = k.get("sample", a[1] if len(a) > 1 else None)
+        if sample is not None and model_output.shape[1] == 2 * sample.shape[1]:
+            model_output = model_output[:, : sample.shape[1]]
+        return step(model_output, *a, **k)
+
+    decoder.forward = doubled
+    scheduler.step = first_half
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model")
@@ -53,6 +78,7 @@ def main():
     # The built-in models store f16 weights; unclip computes in f32, and so must the reference.
     pipe = pipe.to(torch.float32)
     pipe.set_progress_bar_config(disable=True)
+    fixed_variance_decoder(pipe)
 
     def run():
         pipe(args.prompt, num_images_per_prompt=1,
