@@ -70,12 +70,18 @@ pub struct BenchClipArgs {
 }
 
 pub fn run(command: BenchCommand) -> Result<()> {
-    match command {
+    let threads = match &command {
+        BenchCommand::Clip(args) => args.threads,
+        BenchCommand::Decoder(args) | BenchCommand::DecoderTrain(args) => args.threads,
+        BenchCommand::Generate(args) => args.threads,
+    };
+    use_threads(threads);
+    unclip::compute_pool::install(|| match command {
         BenchCommand::Clip(args) => clip(args),
         BenchCommand::Decoder(args) => decoder(args),
         BenchCommand::DecoderTrain(args) => decoder_train(args),
         BenchCommand::Generate(args) => generate(args),
-    }
+    })
 }
 
 /// Median and minimum milliseconds of `f` over at least `min_iters` runs and `min_time` seconds.

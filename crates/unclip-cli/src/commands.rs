@@ -10,6 +10,16 @@ use unclip::tokenizer::ClipTokenizer;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        // The server enters the compute pool per batch on its model thread; a bench sets its
+        // thread count before the pool is made.
+        Command::Serve(args) => crate::serve_cmd::serve(args),
+        Command::Bench(command) => crate::bench::run(command),
+        command => unclip::compute_pool::install(|| run_on_pool(command)),
+    }
+}
+
+fn run_on_pool(command: Command) -> Result<()> {
+    match command {
         Command::Generate(args) => crate::generate::generate(args),
         Command::Vary(args) => crate::generate::vary(args),
         Command::Invert(args) => crate::edit_cmd::invert(args),
@@ -27,9 +37,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Tokenizer(args) => tokenizer(args),
         Command::Convert(args) => convert(args),
         Command::Data(command) => crate::data_cmd::run(command),
-        Command::Bench(command) => crate::bench::run(command),
         Command::Eval(command) => crate::eval_cmd::run(command),
-        Command::Serve(args) => crate::serve_cmd::serve(args),
+        Command::Serve(_) | Command::Bench(_) => unreachable!("run() dispatches these itself"),
     }
 }
 

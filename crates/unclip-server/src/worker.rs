@@ -186,8 +186,10 @@ fn run(engine: Engine, policy: BatchPolicy, queue: Receiver<Job>, metrics: Arc<M
         }
         seed = seed.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let start = Instant::now();
-        let outcome = catch_unwind(AssertUnwindSafe(|| run_batch(&engine, &batch, seed)))
-            .unwrap_or_else(|_| Err("the model panicked on this batch".to_string()));
+        let outcome = catch_unwind(AssertUnwindSafe(|| {
+            unclip::compute_pool::install(|| run_batch(&engine, &batch, seed))
+        }))
+        .unwrap_or_else(|_| Err("the model panicked on this batch".to_string()));
         let produced: usize = batch.iter().map(|job| job.n).sum();
         match outcome {
             Ok(mut pngs) => {

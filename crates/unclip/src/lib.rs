@@ -6,6 +6,7 @@
 
 pub mod checkpoint;
 pub mod clip;
+pub mod compute_pool;
 pub mod data;
 pub mod diffusion;
 pub mod error;
