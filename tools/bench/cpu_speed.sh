@@ -40,10 +40,13 @@ def key(r):
 py = {key(r): r for r in rows if r["impl"] == "pytorch"}
 rs = {key(r): r for r in rows if r["impl"] == "unclip"}
 gflop = {r["size"]: r["gflop"] for r in rows if r["impl"] == "pytorch" and "gflop" in r}
-# Nominal peak per core: clock x FLOPs per cycle of the widest FMA this CPU has (2 FMA pipes).
+# Nominal peak per core: clock x f32 FLOPs per cycle of two FMA pipes of this CPU's width. AMD's
+# Zen 4 (family 25) runs AVX-512 on 256-bit pipes, so it peaks as an AVX2 core does.
 flags = open("/proc/cpuinfo").read()
 mhz = float(re.search(r"cpu MHz\s*:\s*([\d.]+)", flags).group(1))
-per_cycle = 64 if " avx512f" in flags else 32 if " fma" in flags else 8
+amd_family = re.search(r"cpu family\s*:\s*(\d+)", flags)
+zen4 = "AuthenticAMD" in flags and amd_family is not None and int(amd_family.group(1)) == 25
+per_cycle = 64 if " avx512f" in flags and not zen4 else 32 if " fma" in flags else 8
 print(f"nominal peak per core: {mhz / 1e3 * per_cycle:.0f} GFLOP/s ({mhz:.0f} MHz x {per_cycle} FLOP/cycle)")
 print(f"{'bench':<22}{'threads':>8}{'pytorch ms':>12}{'unclip ms':>12}{'ratio':>8}{'unclip GFLOP/s':>16}{'of peak':>9}")
 for k in sorted(rs):

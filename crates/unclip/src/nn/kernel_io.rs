@@ -1,9 +1,9 @@
-//! Borrowing the f32 data of CPU tensors inside the custom-op kernels (norm and softmax).
+//! Borrowing the f32 data of CPU tensors inside the custom-op kernels (norms, softmax, AdamW).
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
 
 /// The contiguous f32 data `layout` describes in `storage`; `what` names the operand in errors.
-pub(super) fn cpu_f32<'a>(
+pub(crate) fn cpu_f32<'a>(
     storage: &'a CpuStorage,
     layout: &Layout,
     what: &str,
@@ -22,7 +22,7 @@ pub(super) fn cpu_f32<'a>(
 }
 
 /// As [`cpu_f32`], for a tensor's storage (as `Tensor::storage_and_layout` returns it).
-pub(super) fn storage_f32<'a>(
+pub(crate) fn storage_f32<'a>(
     storage: &'a Storage,
     layout: &Layout,
     what: &str,
@@ -30,5 +30,24 @@ pub(super) fn storage_f32<'a>(
     match storage {
         Storage::Cpu(cpu) => cpu_f32(cpu, layout, what),
         _ => bail!("{what}: the fused kernel runs on the CPU only"),
+    }
+}
+
+/// As [`cpu_f32`], writable: the destination of an in-place kernel.
+pub(crate) fn cpu_f32_mut<'a>(
+    storage: &'a mut CpuStorage,
+    layout: &Layout,
+    what: &str,
+) -> Result<&'a mut [f32]> {
+    let data = match storage {
+        CpuStorage::F32(data) => data.as_mut_slice(),
+        _ => bail!("{what}: the fused kernel takes f32 data only"),
+    };
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&mut data[start..end]),
+        None => bail!(
+            "{what}: expected a contiguous tensor, got strides {:?}",
+            layout.stride()
+        ),
     }
 }

@@ -14,7 +14,7 @@ mod embedding;
 mod fast_exp;
 mod flash_attention;
 mod group_norm_kernel;
-mod kernel_io;
+pub(crate) mod kernel_io;
 mod lanes;
 mod layer_norm_kernel;
 mod norm;

@@ -1,5 +1,6 @@
 //! Training loops, their optimizer, learning-rate schedule and parameter store.
 
+mod adamw_kernel;
 mod clip;
 mod conditioning;
 mod decoder;

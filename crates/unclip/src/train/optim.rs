@@ -35,6 +35,39 @@ struct Slot {
     decay: bool,
 }
 
+impl Slot {
+    /// The same update as the composed one in `AdamW::step`, rewriting the moments and the
+    /// parameter where they lie (see `adamw_kernel`).
+    fn update_in_place(
+        &self,
+        g: &Tensor,
+        lr: f64,
+        c: AdamWConfig,
+        bias1: f64,
+        bias2: f64,
+    ) -> Result<()> {
+        use super::adamw_kernel::{MomentUpdate, ParamUpdate};
+        let moment = |beta: f64, square: bool| MomentUpdate {
+            beta: beta as f32,
+            square,
+        };
+        self.m.inplace_op2(g, &moment(c.beta1, false))?;
+        self.v.inplace_op2(g, &moment(c.beta2, true))?;
+        let decay = if self.decay { c.weight_decay } else { 0.0 };
+        let update = ParamUpdate {
+            lr: lr as f32,
+            decay_factor: (1.0 - lr * decay) as f32,
+            bias1: bias1 as f32,
+            bias2: bias2 as f32,
+            eps: c.eps as f32,
+        };
+        self.var
+            .as_tensor()
+            .inplace_op3(&self.m, &self.v, &update)?;
+        Ok(())
+    }
+}
+
 pub struct AdamW {
     slots: Vec<Slot>,
     step: usize,
@@ -81,6 +114,10 @@ impl AdamW {
                 continue;
             };
             let g = g.detach();
+            if slot.var.device().is_cpu() && slot.var.dtype() == candle_core::DType::F32 {
+                slot.update_in_place(&g.contiguous()?, lr, c, bias1, bias2)?;
+                continue;
+            }
             slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
             slot.v = ((&slot.v * c.beta2)? + (g.sqr()? * (1.0 - c.beta2))?)?.detach();
             let update = ((&slot.m / bias1)? / ((&slot.v / bias2)?.sqrt()? + c.eps)?)?;
@@ -195,6 +232,68 @@ mod tests {
             w_now[0] < 1.0 && w_now[1] < -2.0 && w_now[2] < 3.0,
             "{w_now:?}"
         );
+        Ok(())
+    }
+
+    /// The in-place CPU update against the textbook AdamW (Loshchilov & Hutter, Algorithm 2) in
+    /// f64, for a decayed matrix and an undecayed bias, over three steps with fixed gradients.
+    #[test]
+    fn in_place_update_matches_the_algorithm() -> Result<()> {
+        let dev = Device::Cpu;
+        let w0 = [0.5f32, -1.0, 2.0, 0.25];
+        let b0 = [0.1f32, -0.3];
+        let w = Var::from_vec(w0.to_vec(), (2, 2), &dev)?;
+        let b = Var::from_vec(b0.to_vec(), 2, &dev)?;
+        let config = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.99,
+            eps: 1e-6,
+            weight_decay: 0.1,
+        };
+        let mut opt = AdamW::new(
+            vec![("w".into(), w.clone()), ("b".into(), b.clone())],
+            config,
+        )?;
+        let gw = [0.3f64, -0.2, 0.05, 1.5];
+        let gb = [-0.7f64, 0.01];
+        let lr = 0.01;
+        let grads = vec![
+            Some(Tensor::from_vec(
+                gw.map(|x| x as f32).to_vec(),
+                (2, 2),
+                &dev,
+            )?),
+            Some(Tensor::from_vec(gb.map(|x| x as f32).to_vec(), 2, &dev)?),
+        ];
+        let reference = |theta0: &[f32], g: &[f64], decay: f64| -> Vec<f64> {
+            let (mut theta, mut m, mut v) = (
+                theta0.iter().map(|&x| x as f64).collect::<Vec<_>>(),
+                vec![0.0; g.len()],
+                vec![0.0; g.len()],
+            );
+            for t in 1..=3 {
+                for i in 0..g.len() {
+                    m[i] = 0.9 * m[i] + 0.1 * g[i];
+                    v[i] = 0.99 * v[i] + 0.01 * g[i] * g[i];
+                    let m_hat = m[i] / (1.0 - 0.9f64.powi(t));
+                    let v_hat = v[i] / (1.0 - 0.99f64.powi(t));
+                    theta[i] = theta[i] * (1.0 - lr * decay) - lr * m_hat / (v_hat.sqrt() + 1e-6);
+                }
+            }
+            theta
+        };
+        for _ in 0..3 {
+            opt.step(&grads, lr)?;
+        }
+        let got_w = w.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        let got_b = b.as_tensor().to_vec1::<f32>()?;
+        for (got, want) in got_w
+            .iter()
+            .zip(reference(&w0, &gw, 0.1))
+            .chain(got_b.iter().zip(reference(&b0, &gb, 0.0)))
+        {
+            assert!((*got as f64 - want).abs() < 1e-6, "{got} vs {want}");
+        }
         Ok(())
     }
 }
