@@ -12,16 +12,17 @@ pub struct Ema {
 }
 
 impl Ema {
-    pub fn new(params: &[(String, Var)], decay: f64) -> Self {
+    /// Starts the average at the current weights (a copy: the average is updated in place).
+    pub fn new(params: &[(String, Var)], decay: f64) -> Result<Self> {
         let shadow = params
             .iter()
-            .map(|(n, v)| (n.clone(), v.as_tensor().detach()))
-            .collect();
-        Self {
+            .map(|(n, v)| Ok((n.clone(), v.as_tensor().detach().copy()?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
             decay,
             updates: 0,
             shadow,
-        }
+        })
     }
 
     /// Restores a saved average (same names and order as `tensors()` wrote them).
@@ -30,15 +31,15 @@ impl Ema {
         decay: f64,
         updates: u64,
         saved: &[(String, Tensor)],
-    ) -> Self {
-        let mut ema = Self::new(params, decay);
+    ) -> Result<Self> {
+        let mut ema = Self::new(params, decay)?;
         ema.updates = updates;
         for (slot, (name, tensor)) in ema.shadow.iter_mut().zip(saved) {
             if slot.0 == *name {
-                slot.1 = tensor.clone();
+                slot.1 = tensor.copy()?;
             }
         }
-        ema
+        Ok(ema)
     }
 
     pub fn updates(&self) -> u64 {
@@ -50,12 +51,48 @@ impl Ema {
         let n = self.updates as f64;
         let d = self.decay.min((1.0 + n) / (10.0 + n));
         for ((_, avg), (_, var)) in self.shadow.iter_mut().zip(params) {
-            *avg = ((&*avg * d)? + (var.as_tensor().detach() * (1.0 - d))?)?;
+            let theta = var.as_tensor().detach();
+            if theta.device().is_cpu() && theta.dtype() == candle_core::DType::F32 {
+                let blend = super::update_kernels::AverageUpdate { decay: d as f32 };
+                avg.inplace_op2(&theta.contiguous()?, &blend)?;
+            } else {
+                *avg = ((&*avg * d)? + (theta * (1.0 - d))?)?;
+            }
         }
         Ok(())
     }
 
     pub fn tensors(&self) -> &[(String, Tensor)] {
         &self.shadow
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// The in-place average follows θ̄ ← d·θ̄ + (1 - d)·θ with the warmed-up decay, and updating
+    /// it never writes into the weights it started from.
+    #[test]
+    fn average_follows_the_weights_without_touching_them() -> Result<()> {
+        let w = Var::from_vec(vec![1f32, -2.0], 2, &Device::Cpu)?;
+        let params = vec![("w".to_string(), w.clone())];
+        let mut ema = Ema::new(&params, 0.999)?;
+        let mut want = [1f64, -2.0];
+        for (n, next) in [[3f32, 0.0], [5.0, 4.0]].into_iter().enumerate() {
+            w.set(&Tensor::new(&next, &Device::Cpu)?)?;
+            ema.update(&params)?;
+            let d = 0.999f64.min((2.0 + n as f64) / (11.0 + n as f64));
+            for (a, t) in want.iter_mut().zip(next) {
+                *a = d * *a + (1.0 - d) * t as f64;
+            }
+        }
+        let got = ema.tensors()[0].1.to_vec1::<f32>()?;
+        for (g, w) in got.iter().zip(want) {
+            assert!((*g as f64 - w).abs() < 1e-6, "{got:?} vs {want:?}");
+        }
+        assert_eq!(w.as_tensor().to_vec1::<f32>()?, vec![5.0, 4.0]);
+        Ok(())
     }
 }

@@ -1,6 +1,5 @@
 //! Training loops, their optimizer, learning-rate schedule and parameter store.
 
-mod adamw_kernel;
 mod clip;
 mod conditioning;
 mod decoder;
@@ -15,6 +14,7 @@ mod recipes;
 mod runner;
 mod schedule;
 mod state;
+mod update_kernels;
 mod upsampler;
 
 pub use clip::{ClipRecipe, ClipStage};

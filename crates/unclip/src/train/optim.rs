@@ -37,7 +37,7 @@ struct Slot {
 
 impl Slot {
     /// The same update as the composed one in `AdamW::step`, rewriting the moments and the
-    /// parameter where they lie (see `adamw_kernel`).
+    /// parameter where they lie (see `update_kernels`).
     fn update_in_place(
         &self,
         g: &Tensor,
@@ -46,7 +46,7 @@ impl Slot {
         bias1: f64,
         bias2: f64,
     ) -> Result<()> {
-        use super::adamw_kernel::{MomentUpdate, ParamUpdate};
+        use super::update_kernels::{MomentUpdate, ParamUpdate};
         let moment = |beta: f64, square: bool| MomentUpdate {
             beta: beta as f32,
             square,

@@ -244,7 +244,11 @@ pub fn run_training(
             ..AdamWConfig::default()
         },
     )?;
-    let mut ema = (settings.ema_decay > 0.0).then(|| Ema::new(&params, settings.ema_decay));
+    let mut ema = if settings.ema_decay > 0.0 {
+        Some(Ema::new(&params, settings.ema_decay)?)
+    } else {
+        None
+    };
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let (mut step, mut epoch, mut position) = (0usize, 0u64, 0u64);
 
@@ -278,7 +282,7 @@ pub fn run_training(
                         .map(|t| (n.clone(), t.clone()))
                 })
                 .collect();
-            *e = Ema::restore(&params, settings.ema_decay, saved.ema_updates, &avg);
+            *e = Ema::restore(&params, settings.ema_decay, saved.ema_updates, &avg)?;
         }
         (step, epoch, position, rng) = (saved.step, saved.epoch, saved.position, saved.rng);
         history = read_history(&log_path, step);
