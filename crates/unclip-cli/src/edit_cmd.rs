@@ -127,10 +127,12 @@ pub struct EditArgs {
     pub decoder_steps: usize,
     #[arg(long, default_value_t = 7)]
     pub super_res_steps: usize,
-    #[arg(long, default_value_t = 4.0)]
-    pub prior_guidance: f64,
-    #[arg(long, default_value_t = 8.0)]
-    pub decoder_guidance: f64,
+    /// [default: the model's sampling.json, else 4]
+    #[arg(long)]
+    pub prior_guidance: Option<f64>,
+    /// [default: the model's sampling.json, else 8]
+    #[arg(long)]
+    pub decoder_guidance: Option<f64>,
     /// ddpm or ddim.
     #[arg(long, default_value = "ddpm", value_parser = ["ddpm", "ddim"])]
     pub sampler: String,
@@ -295,15 +297,18 @@ pub fn edit(args: EditArgs) -> Result<()> {
     let mask = args.mask.as_deref().map(read_rgba).transpose()?;
     let keep = keep_mask(&image, mask.as_ref(), &Device::Cpu)?;
     let pipeline = load(&args.model)?;
+    let model_defaults = GenerateOptions::for_model(&args.model)?;
     let opts = GenerateOptions {
         images_per_prompt: args.n,
         prior_steps: args.prior_steps,
         decoder_steps: args.decoder_steps,
         super_res_steps: args.super_res_steps,
-        prior_guidance: args.prior_guidance,
-        decoder_guidance: args.decoder_guidance,
+        prior_guidance: args.prior_guidance.unwrap_or(model_defaults.prior_guidance),
+        decoder_guidance: args
+            .decoder_guidance
+            .unwrap_or(model_defaults.decoder_guidance),
         sampler: Sampler::parse(&args.sampler, 0.0)?,
-        ..GenerateOptions::default()
+        ..model_defaults
     };
     let mut noise = NoiseSource::seeded(args.seed);
     let images = pipeline.inpaint(

@@ -5,7 +5,7 @@ use crate::progress;
 use anyhow::{Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use unclip::data::shapes::{read_prompt_file, Form};
 use unclip::data::DataSource;
 use unclip::diffusion::Sampler;
@@ -49,8 +49,9 @@ pub struct EvalSamplingArgs {
 }
 
 impl EvalSamplingArgs {
-    fn options(&self) -> Result<GenerateOptions> {
-        let d = GenerateOptions::default();
+    /// The model's sampling defaults (`sampling.json`, else Karlo's) with the flags given applied.
+    fn options(&self, model: &Path) -> Result<GenerateOptions> {
+        let d = GenerateOptions::for_model(model)?;
         let sampler = match &self.sampler {
             Some(name) => Sampler::parse(name, self.eta)?,
             None => d.sampler,
@@ -126,7 +127,7 @@ fn shapes(args: EvalShapesArgs) -> Result<()> {
     let opts = ShapesEvalOptions {
         images_per_prompt: args.images_per_prompt,
         seed: args.seed,
-        generate: args.sampling.options()?,
+        generate: args.sampling.options(&args.model)?,
     };
     let mut folder = args
         .save_dir
@@ -188,7 +189,7 @@ fn captions(args: EvalCaptionsArgs) -> Result<()> {
         limit: args.limit,
         seed: args.seed,
         batch: args.batch,
-        generate: args.sampling.options()?,
+        generate: args.sampling.options(&args.model)?,
     };
     let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
     let bar = progress::bar(args.limit as u64, "images");

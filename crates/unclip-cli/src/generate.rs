@@ -18,12 +18,15 @@ pub struct SamplingArgs {
     pub n: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    #[arg(long, default_value_t = 25)]
-    pub decoder_steps: usize,
-    #[arg(long, default_value_t = 7)]
-    pub super_res_steps: usize,
-    #[arg(long, default_value_t = 8.0)]
-    pub decoder_guidance: f64,
+    /// [default: the model's sampling.json, else 25]
+    #[arg(long)]
+    pub decoder_steps: Option<usize>,
+    /// [default: the model's sampling.json, else 7]
+    #[arg(long)]
+    pub super_res_steps: Option<usize>,
+    /// [default: the model's sampling.json, else 8]
+    #[arg(long)]
+    pub decoder_guidance: Option<f64>,
     /// ddpm (the reference's ancestral sampler), ddim or dpm++.
     #[arg(long, default_value = "ddpm", value_parser = ["ddpm", "ddim", "dpm++"])]
     pub sampler: String,
@@ -55,10 +58,12 @@ pub struct GenerateArgs {
     pub positional_prompts: Vec<String>,
     #[arg(long = "prompt")]
     pub prompts: Vec<String>,
-    #[arg(long, default_value_t = 25)]
-    pub prior_steps: usize,
-    #[arg(long, default_value_t = 4.0)]
-    pub prior_guidance: f64,
+    /// [default: the model's sampling.json, else 25]
+    #[arg(long)]
+    pub prior_steps: Option<usize>,
+    /// [default: the model's sampling.json, else 4]
+    #[arg(long)]
+    pub prior_guidance: Option<f64>,
     /// Draw this many prior samples and keep the one closest to the text (the paper uses 2).
     #[arg(long, default_value_t = 1)]
     pub prior_candidates: usize,
@@ -86,14 +91,16 @@ pub struct VaryArgs {
     pub sampling: SamplingArgs,
 }
 
-fn options(s: &SamplingArgs) -> Result<GenerateOptions> {
+/// The model's sampling defaults (`sampling.json`, else Karlo's) with the flags given applied.
+fn options(model: &Path, s: &SamplingArgs) -> Result<GenerateOptions> {
+    let d = GenerateOptions::for_model(model)?;
     Ok(GenerateOptions {
         images_per_prompt: s.n,
-        decoder_steps: s.decoder_steps,
-        super_res_steps: s.super_res_steps,
-        decoder_guidance: s.decoder_guidance,
+        decoder_steps: s.decoder_steps.unwrap_or(d.decoder_steps),
+        super_res_steps: s.super_res_steps.unwrap_or(d.super_res_steps),
+        decoder_guidance: s.decoder_guidance.unwrap_or(d.decoder_guidance),
         sampler: Sampler::parse(&s.sampler, s.eta)?,
-        ..GenerateOptions::default()
+        ..d
     })
 }
 
@@ -178,11 +185,12 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         bail!("no prompt: give one, as in `unclip generate \"a red apple\"`, or --prompt T");
     }
     let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
+    let base = options(&args.model, &args.sampling)?;
     let opts = GenerateOptions {
-        prior_steps: args.prior_steps,
-        prior_guidance: args.prior_guidance,
+        prior_steps: args.prior_steps.unwrap_or(base.prior_steps),
+        prior_guidance: args.prior_guidance.unwrap_or(base.prior_guidance),
         prior_candidates: args.prior_candidates,
-        ..options(&args.sampling)?
+        ..base
     };
     let mut noise = noise(&args.sampling)?;
     let images = pipeline.generate(&prompts, &opts, &mut noise, &mut stage_bars())?;
@@ -192,7 +200,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 
 pub fn vary(args: VaryArgs) -> Result<()> {
     let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
-    let opts = options(&args.sampling)?;
+    let opts = options(&args.model, &args.sampling)?;
     let mut noise = noise(&args.sampling)?;
     let images = if args.invert {
         pipeline

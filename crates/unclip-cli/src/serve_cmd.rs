@@ -81,7 +81,8 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             prior_steps: args.prior_steps,
             decoder_steps: args.decoder_steps,
             super_res_steps: args.super_res_steps,
-            ..GenerateOptions::default()
+            // Guidance as the model folder recommends (sampling.json), else Karlo's.
+            ..GenerateOptions::for_model(&args.model)?
         },
         api_keys,
         batch: BatchPolicy {

@@ -4,6 +4,7 @@ mod assemble;
 mod edits;
 mod embed;
 mod sampling;
+mod sampling_defaults;
 mod unclip;
 
 pub use assemble::{assemble, PipelineParts};
@@ -13,4 +14,5 @@ pub use edits::{
 };
 pub use embed::{ClipEmbedder, Embeddings};
 pub use sampling::{sample_loop, Progress, Stage};
+pub use sampling_defaults::{SamplingDefaults, SAMPLING_DEFAULTS_FILE};
 pub use unclip::{GenerateOptions, UnclipPipeline};

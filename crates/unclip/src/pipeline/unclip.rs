@@ -50,7 +50,7 @@ impl Default for GenerateOptions {
 }
 
 impl GenerateOptions {
-    fn validate(&self) -> Result<()> {
+    pub(super) fn validate(&self) -> Result<()> {
         if !(1..=64).contains(&self.images_per_prompt) {
             return Err(Error::InvalidInput(format!(
                 "n = {}; allowed: 1..=64",
