@@ -19,10 +19,15 @@ W=$WORK/shapes
 "$UNCLIP" embed-dataset --clip "$W/clip" --data "$W/data" --out "$W/embeddings.safetensors"
 "$UNCLIP" train prior --data "$W/data" --embeddings "$W/embeddings.safetensors" --clip "$W/clip" \
   --out "$W/prior" --config $R/prior-shapes.json --max-steps 1200 --checkpoint-every 400 --workers 1
+# The decoder: 6,000 steps. The committed weights come from a run in three sessions whose
+# learning-rate schedule was lengthened on each --resume: steps 0-2,250 on a 3,000-step schedule,
+# 2,250-2,750 on an 8,500-step one, 2,750-6,000 on a 6,000-step one (a resume may change
+# --max-steps; the schedule then continues from the step reached).
 "$UNCLIP" train decoder --data "$W/data" --clip "$W/clip" --out "$W/decoder" \
-  --config $R/decoder-shapes.json --max-steps 3000 --stop-at 2250 --checkpoint-every 250 --workers 1
+  --config $R/decoder-shapes.json --max-steps 6000 --checkpoint-every 250 --workers 1
 [ -d "$WORK/upsampler/super_res_first" ] || WORK=$WORK bash $R/upsampler.sh
 "$UNCLIP" assemble --clip "$W/clip" --prior "$W/prior" --decoder "$W/decoder" \
   --upsampler "$WORK/upsampler" --dtype f16 --out "$W/pipeline"
-# models/shapes also holds eval-prompts.txt, so the pipeline's parts are copied in beside it.
+# models/shapes also holds eval-prompts.txt and sampling.json (decoder guidance 2, chosen by
+# `unclip eval shapes`), so the pipeline's parts are copied in beside them.
 cp -r "$W"/pipeline/* models/shapes/
