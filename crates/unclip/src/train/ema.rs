@@ -53,7 +53,10 @@ impl Ema {
         for ((_, avg), (_, var)) in self.shadow.iter_mut().zip(params) {
             let theta = var.as_tensor().detach();
             if theta.device().is_cpu() && theta.dtype() == candle_core::DType::F32 {
-                let blend = super::update_kernels::AverageUpdate { decay: d as f32 };
+                let blend = super::update_kernels::MomentUpdate {
+                    beta: d as f32,
+                    square: false,
+                };
                 avg.inplace_op2(&theta.contiguous()?, &blend)?;
             } else {
                 *avg = ((&*avg * d)? + (theta * (1.0 - d))?)?;

@@ -14,7 +14,8 @@ use rayon::prelude::*;
 /// Elements per parallel chunk: large enough that splitting pays, small enough to balance.
 const CHUNK: usize = 1 << 16;
 
-/// `moment = beta * moment + (1 - beta) * g` (or `g^2` with `square`), in place on the moment.
+/// `average = beta * average + (1 - beta) * x` (or `x^2` with `square`), in place on the average:
+/// AdamW's moments and the weight average alike.
 pub(super) struct MomentUpdate {
     pub beta: f32,
     pub square: bool,
@@ -22,7 +23,7 @@ pub(super) struct MomentUpdate {
 
 impl InplaceOp2 for MomentUpdate {
     fn name(&self) -> &'static str {
-        "adamw-moment"
+        "running-average"
     }
 
     fn cpu_fwd(
@@ -32,11 +33,11 @@ impl InplaceOp2 for MomentUpdate {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<()> {
-        let moment = cpu_f32_mut(s1, l1, "AdamW moment")?;
-        let grad = cpu_f32(s2, l2, "AdamW gradient")?;
+        let moment = cpu_f32_mut(s1, l1, "running average")?;
+        let grad = cpu_f32(s2, l2, "its input")?;
         if moment.len() != grad.len() {
             candle_core::bail!(
-                "AdamW: moment of {} values, gradient of {}",
+                "running average of {} values, input of {}",
                 moment.len(),
                 grad.len()
             );
@@ -106,45 +107,6 @@ impl InplaceOp3 for ParamUpdate {
                     let update = (m * inv_bias1) / ((v * inv_bias2).sqrt() + eps);
                     *t = *t * decay_factor - lr * update;
                 }
-            });
-        Ok(())
-    }
-}
-
-/// `average = d * average + (1 - d) * theta`, in place on the average.
-pub(super) struct AverageUpdate {
-    pub decay: f32,
-}
-
-impl InplaceOp2 for AverageUpdate {
-    fn name(&self) -> &'static str {
-        "ema-average"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &mut CpuStorage,
-        l1: &Layout,
-        s2: &CpuStorage,
-        l2: &Layout,
-    ) -> Result<()> {
-        let average = cpu_f32_mut(s1, l1, "weight average")?;
-        let theta = cpu_f32(s2, l2, "parameter")?;
-        if average.len() != theta.len() {
-            candle_core::bail!(
-                "EMA: average of {} values, parameter of {}",
-                average.len(),
-                theta.len()
-            );
-        }
-        let (d, rest) = (self.decay, 1.0 - self.decay);
-        average
-            .par_chunks_mut(CHUNK)
-            .zip(theta.par_chunks(CHUNK))
-            .for_each(|(a, t)| {
-                a.iter_mut()
-                    .zip(t)
-                    .for_each(|(a, &t)| *a = d * *a + rest * t)
             });
         Ok(())
     }
