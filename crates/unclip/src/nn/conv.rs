@@ -13,6 +13,7 @@
 //! threads; only tiny products run whole images in parallel. Other dtypes and devices use
 //! candle's convolution.
 
+use super::conv_gemm;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Module};
 use candle_core::{Result, Shape, Tensor};
@@ -150,26 +151,29 @@ fn conv2d_own(
 
 /// Sizes of one convolution, checked once when it is built.
 #[derive(Debug, Clone, Copy)]
-struct Geometry {
-    batch: usize,
-    cin: usize,
-    h: usize,
-    w: usize,
-    cout: usize,
-    kh: usize,
-    kw: usize,
-    stride: usize,
-    padding: usize,
-    ho: usize,
-    wo: usize,
+pub(super) struct Geometry {
+    pub(super) batch: usize,
+    pub(super) cin: usize,
+    pub(super) h: usize,
+    pub(super) w: usize,
+    pub(super) cout: usize,
+    pub(super) kh: usize,
+    pub(super) kw: usize,
+    pub(super) stride: usize,
+    pub(super) padding: usize,
+    pub(super) ho: usize,
+    pub(super) wo: usize,
     /// Cap on one block of the column matrix, in floats (`COLUMN_BLOCK_FLOATS`; tests lower it).
-    block_floats: usize,
+    pub(super) block_floats: usize,
     /// Products (MACs per image) below which images run in parallel (`SMALL_PRODUCT`; tests vary it).
-    small_product: usize,
+    pub(super) small_product: usize,
+    /// Forward through the packed AVX-512 kernel (`conv_gemm`) where the CPU has it; tests
+    /// turn it off to check the im2col + gemm path on such CPUs too.
+    pub(super) packed: bool,
 }
 
 impl Geometry {
-    fn new(
+    pub(super) fn new(
         xs: &Tensor,
         weight: &Tensor,
         bias: Option<&Tensor>,
@@ -223,28 +227,29 @@ impl Geometry {
             wo: (w + 2 * padding - kw) / stride + 1,
             block_floats: COLUMN_BLOCK_FLOATS,
             small_product: SMALL_PRODUCT,
+            packed: conv_gemm::supported(),
         })
     }
 
     /// Rows of the column matrix: one per (input channel, kernel row, kernel column).
-    fn patch_len(&self) -> usize {
+    pub(super) fn patch_len(&self) -> usize {
         self.cin * self.kh * self.kw
     }
 
-    fn in_image(&self) -> usize {
+    pub(super) fn in_image(&self) -> usize {
         self.cin * self.h * self.w
     }
 
-    fn out_pixels(&self) -> usize {
+    pub(super) fn out_pixels(&self) -> usize {
         self.ho * self.wo
     }
 
-    fn out_image(&self) -> usize {
+    pub(super) fn out_image(&self) -> usize {
         self.cout * self.out_pixels()
     }
 
     /// A 1x1 stride-1 unpadded convolution: the image itself is the column matrix.
-    fn is_pointwise(&self) -> bool {
+    pub(super) fn is_pointwise(&self) -> bool {
         self.kh == 1 && self.kw == 1 && self.stride == 1 && self.padding == 0
     }
 
@@ -262,7 +267,7 @@ impl Geometry {
     }
 
     /// The valid output columns [lo, hi) for kernel column `j`: those reading inside the image.
-    fn valid_cols(&self, j: usize) -> (usize, usize) {
+    pub(super) fn valid_cols(&self, j: usize) -> (usize, usize) {
         let (s, p) = (self.stride, self.padding);
         let lo = if j >= p { 0 } else { (p - j).div_ceil(s) };
         let hi = if self.w + p > j {
@@ -274,14 +279,14 @@ impl Geometry {
     }
 
     /// The input row read by output row `r` at kernel row `i`, if inside the image.
-    fn input_row(&self, r: usize, i: usize) -> Option<usize> {
+    pub(super) fn input_row(&self, r: usize, i: usize) -> Option<usize> {
         (r * self.stride + i)
             .checked_sub(self.padding)
             .filter(|&ih| ih < self.h)
     }
 }
 
-fn threads() -> usize {
+pub(super) fn threads() -> usize {
     candle_core::utils::get_num_threads().max(1)
 }
 
@@ -652,6 +657,9 @@ fn backward_weight_image(
 }
 
 fn conv_forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    if g.packed && conv_gemm::reads_in_place(g) {
+        return conv_gemm::forward(g, x, weight, bias);
+    }
     let mut out = vec![0f32; g.batch * g.out_image()];
     let threads = threads();
     if images_in_parallel(g, threads) {
@@ -666,7 +674,46 @@ fn conv_forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
     out
 }
 
+/// For a stride-1 convolution with a square kernel, the input gradient is itself a
+/// convolution: of dY with the kernel flipped and its channel axes swapped, padded by k-1-p.
+/// Returns that convolution's geometry and weights.
+fn input_gradient_as_convolution(g: &Geometry, weight: &[f32]) -> Option<(Geometry, Vec<f32>)> {
+    if g.stride != 1 || g.kh != g.kw || g.padding >= g.kh {
+        return None;
+    }
+    let k = g.kh;
+    let mut flipped = vec![0f32; weight.len()];
+    for co in 0..g.cout {
+        for ci in 0..g.cin {
+            for i in 0..k {
+                for j in 0..k {
+                    flipped[((ci * g.cout + co) * k + (k - 1 - i)) * k + (k - 1 - j)] =
+                        weight[((co * g.cin + ci) * k + i) * k + j];
+                }
+            }
+        }
+    }
+    let transposed = Geometry {
+        cin: g.cout,
+        h: g.ho,
+        w: g.wo,
+        cout: g.cin,
+        padding: k - 1 - g.padding,
+        ho: g.h,
+        wo: g.w,
+        ..*g
+    };
+    Some((transposed, flipped))
+}
+
 fn conv_backward_input(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
+    if g.packed {
+        if let Some((transposed, flipped)) = input_gradient_as_convolution(g, weight) {
+            if conv_gemm::reads_in_place(&transposed) {
+                return conv_gemm::forward(&transposed, dy, &flipped, None);
+            }
+        }
+    }
     let mut dx = vec![0f32; g.batch * g.in_image()];
     let threads = threads();
     if images_in_parallel(g, threads) {
@@ -991,7 +1038,29 @@ mod tests {
         bias: bool,
     }
 
-    const CASES: [Case; 7] = [
+    const CASES: [Case; 9] = [
+        // Rows of whole 32-pixel tiles: the forward and the input gradient (a convolution of dY
+        // with the flipped kernel) take the in-place AVX-512 kernel where the CPU has it.
+        Case {
+            batch: 2,
+            cin: 3,
+            cout: 13,
+            hw: (4, 32),
+            k: 3,
+            stride: 1,
+            padding: 1,
+            bias: true,
+        },
+        Case {
+            batch: 1,
+            cin: 14,
+            cout: 5,
+            hw: (2, 64),
+            k: 1,
+            stride: 1,
+            padding: 0,
+            bias: false,
+        },
         // The brief's odd case: 7x5 images, stride 2, padding 1.
         Case {
             batch: 2,
@@ -1066,17 +1135,19 @@ mod tests {
         },
     ];
 
-    /// How a case runs: column block size and the image-parallel threshold.
-    type Tuning = (usize, usize);
+    /// How a case runs: column block size, the image-parallel threshold, and whether the
+    /// forward may take the packed AVX-512 kernel.
+    type Tuning = (usize, usize, bool);
 
     /// Runs every case with full-size and with tiny column blocks (several blocks per image),
     /// and with images in parallel and one at a time.
     fn for_each_case(mut check: impl FnMut(&Case, Tuning) -> Result<()>) -> Result<()> {
         for case in &CASES {
             for tuning in [
-                (COLUMN_BLOCK_FLOATS, 0),
-                (1, 0),
-                (COLUMN_BLOCK_FLOATS, usize::MAX),
+                (COLUMN_BLOCK_FLOATS, 0, true),
+                (COLUMN_BLOCK_FLOATS, 0, false),
+                (1, 0, false),
+                (COLUMN_BLOCK_FLOATS, usize::MAX, false),
             ] {
                 check(case, tuning)?;
             }
@@ -1098,7 +1169,7 @@ mod tests {
 
     fn own(
         c: &Case,
-        (block_floats, small_product): Tuning,
+        (block_floats, small_product, packed): Tuning,
         xs: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
@@ -1106,6 +1177,7 @@ mod tests {
         let mut g = Geometry::new(xs, w, b, c.stride, c.padding)?;
         g.block_floats = block_floats;
         g.small_product = small_product;
+        g.packed &= packed;
         conv2d_own(xs, w, b, g)
     }
 

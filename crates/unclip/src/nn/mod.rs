@@ -10,6 +10,7 @@
 mod activation;
 mod attention;
 mod conv;
+mod conv_gemm;
 mod embedding;
 mod fast_exp;
 mod flash_attention;
