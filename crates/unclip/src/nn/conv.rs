@@ -13,7 +13,7 @@
 //! threads; only tiny products run whole images in parallel. Other dtypes and devices use
 //! candle's convolution.
 
-use super::conv_gemm;
+use super::{conv_gemm, conv_weight_grad};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Module};
 use candle_core::{Result, Shape, Tensor};
@@ -729,6 +729,9 @@ fn conv_backward_input(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
 }
 
 fn conv_backward_weight(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
+    if g.packed && conv_weight_grad::is_faster(g) {
+        return conv_weight_grad::weight_gradient(g, x, dy);
+    }
     let len = g.cout * g.patch_len();
     let threads = threads();
     let images = |range: std::ops::Range<usize>, parallelism: Parallelism| {
@@ -1039,13 +1042,14 @@ mod tests {
     }
 
     const CASES: [Case; 9] = [
-        // Rows of whole 32-pixel tiles: the forward and the input gradient (a convolution of dY
-        // with the flipped kernel) take the in-place AVX-512 kernel where the CPU has it.
+        // Rows of whole 32-pixel tiles: the forward, the input gradient (a convolution of dY
+        // with the flipped kernel) and the weight gradient take the in-place AVX-512 kernels
+        // where the CPU has them.
         Case {
             batch: 2,
             cin: 3,
             cout: 13,
-            hw: (4, 32),
+            hw: (8, 32),
             k: 3,
             stride: 1,
             padding: 1,
@@ -1296,6 +1300,60 @@ mod tests {
 
     /// Timing against candle on the decoder bench's convolution shapes (batch 2):
     /// `cargo test --release -p unclip --lib nn::conv::tests::timing -- --ignored --nocapture`.
+    /// Each pass of the decoder's convolution shapes (batch 2) on the AVX-512 kernels and on
+    /// im2col + gemm: `cargo test --release -p unclip --lib kernel_timing -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing, not a check"]
+    fn kernel_timing() -> Result<()> {
+        let mut rng = ChaCha8Rng::seed_from_u64(13);
+        let time = |f: &mut dyn FnMut()| -> f64 {
+            f();
+            let mut best = f64::MAX;
+            for _ in 0..5 {
+                let start = std::time::Instant::now();
+                f();
+                best = best.min(start.elapsed().as_secs_f64() * 1e3);
+            }
+            best
+        };
+        println!(
+            "threads {}; ms (best of 5): AVX-512 kernels / im2col + gemm",
+            rayon::current_num_threads()
+        );
+        // (cin, cout, size, k, stride, padding)
+        for (cin, cout, size, k, s, p) in [
+            (64, 64, 64, 3, 1, 1),
+            (128, 128, 32, 3, 1, 1),
+            (192, 192, 16, 3, 1, 1),
+            (256, 256, 8, 3, 1, 1),
+            (128, 128, 32, 3, 2, 1),
+            (64, 128, 32, 1, 1, 0),
+        ] {
+            let xs = random(&[2, cin, size, size], &mut rng)?;
+            let w = random(&[cout, cin, k, k], &mut rng)?;
+            let mut g = Geometry::new(&xs, &w, None, s, p)?;
+            let x = xs.flatten_all()?.to_vec1::<f32>()?;
+            let w = w.flatten_all()?.to_vec1::<f32>()?;
+            let dy = random(&[2 * g.out_image()], &mut rng)?.to_vec1::<f32>()?;
+            let mut row = format!("{cin:>4}->{cout:<4} {size:>3}px k{k} s{s}:");
+            for (name, pass) in [("forward", 0), ("input grad", 1), ("weight grad", 2)] {
+                let mut ms = [0f64; 2];
+                for (slot, packed) in [(0, true), (1, false)] {
+                    g.packed = packed && conv_gemm::supported();
+                    ms[slot] = time(&mut || match pass {
+                        0 => drop(conv_forward(&g, &x, &w, None)),
+                        1 => drop(conv_backward_input(&g, &dy, &w)),
+                        _ if g.packed => drop(conv_weight_grad::weight_gradient(&g, &x, &dy)),
+                        _ => drop(conv_backward_weight(&g, &x, &dy)),
+                    });
+                }
+                row += &format!("  {name} {:.2} / {:.2}", ms[0], ms[1]);
+            }
+            println!("{row}");
+        }
+        Ok(())
+    }
+
     #[test]
     #[ignore = "timing, not a check"]
     fn timing() -> Result<()> {

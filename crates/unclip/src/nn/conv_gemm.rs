@@ -115,24 +115,29 @@ pub(super) fn reads_in_place(g: &Geometry) -> bool {
         && (g.is_pointwise() || g.wo.is_multiple_of(MR))
 }
 
-/// The pixel operand, read in place: entry kk of output pixel p of an image is
-/// `source[offsets[kk] + base(p)]`, and a tile's 32 pixels are 32 consecutive floats.
-struct PixelSource<'a> {
+/// The column matrix read in place: entry kk of output pixel p of image n is
+/// `image(n)[offsets[kk] + base(p)]`; for stride 1, consecutive pixels of a row are consecutive
+/// floats.
+pub(super) struct PixelSource<'a> {
     /// The input itself (pointwise convolutions) or a zero-padded copy of it.
     data: std::borrow::Cow<'a, [f32]>,
     image_len: usize,
     row_len: usize,
-    offsets: Vec<usize>,
+    out_row_len: usize,
+    stride: usize,
+    pub(super) offsets: Vec<usize>,
 }
 
 impl<'a> PixelSource<'a> {
-    fn new(g: &Geometry, x: &'a [f32]) -> Self {
+    pub(super) fn new(g: &Geometry, x: &'a [f32]) -> Self {
         if g.is_pointwise() {
             let pixels = g.out_pixels();
             return Self {
                 data: x.into(),
                 image_len: g.in_image(),
                 row_len: g.wo,
+                out_row_len: g.wo,
+                stride: 1,
                 offsets: (0..g.cin).map(|c| c * pixels).collect(),
             };
         }
@@ -159,12 +164,19 @@ impl<'a> PixelSource<'a> {
             data: padded.into(),
             image_len: g.cin * hp * wp,
             row_len: wp,
+            out_row_len: g.wo,
+            stride: g.stride,
             offsets,
         }
     }
 
-    fn image(&self, n: usize) -> &[f32] {
+    pub(super) fn image(&self, n: usize) -> &[f32] {
         &self.data[n * self.image_len..(n + 1) * self.image_len]
+    }
+
+    /// Where output pixel p's window starts in an image's source.
+    pub(super) fn base(&self, p: usize) -> usize {
+        (p / self.out_row_len) * self.stride * self.row_len + (p % self.out_row_len) * self.stride
     }
 }
 
@@ -216,7 +228,7 @@ fn run_task(g: &Geometry, source: &PixelSource, packed: &[f32], task: &Task, out
             let co0 = panel * NR;
             let rows = NR.min(g.cout - co0);
             for p in (px0..px1).step_by(MR) {
-                let base = (p / g.wo) * source.row_len + p % g.wo;
+                let base = source.base(p);
                 // SAFETY: pixels come in whole tiles within one output row (`reads_in_place`),
                 // so the tile reads offsets[kk] + base + t, t < 32, inside this image's source;
                 // its output rows co0.. co0+rows, pixels p..p+32, lie inside this task's region.

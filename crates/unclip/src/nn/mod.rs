@@ -11,6 +11,7 @@ mod activation;
 mod attention;
 mod conv;
 mod conv_gemm;
+mod conv_weight_grad;
 mod embedding;
 mod fast_exp;
 mod flash_attention;
