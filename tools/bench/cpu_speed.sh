@@ -6,11 +6,15 @@
 #   one decoder training step (64 px, AdamW), and a whole `generate` on MODEL (when given),
 #   each at 1 and 2 threads.
 #   tools/bench/cpu_speed.sh [MODEL_DIR] [PYTHON]
+# REPEAT=N (default 1) runs the whole set N times, PyTorch and unclip in turn each time, and
+# prints the median of each time and of the per-round ratios: on a shared host whose speed drifts
+# by a third within minutes, one round's ratio can be off by 0.2 either way.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 MODEL=${1:-}
 PY=${2:-/work/venv-oracle/bin/python}
 RUNS=${RUNS:-5}
+REPEAT=${REPEAT:-1}
 D64=/tmp/unclip-bench-decoder
 D32=/tmp/unclip-bench-decoder-32
 [ -f "$D64/bench_inputs.safetensors" ] || "$PY" tools/bench/unclip_decoder.py --save "$D64" --threads 1 --runs 1 > /dev/null
@@ -18,27 +22,31 @@ D32=/tmp/unclip-bench-decoder-32
 cargo build --release -q
 BIN=./target/release/unclip
 OUT=$(mktemp)
-for T in 1 2; do
-  for S in 32 64; do
-    DIR=$D64; [ "$S" = 32 ] && DIR=$D32
-    "$PY" tools/bench/unclip_decoder.py --size "$S" --threads "$T" --runs "$RUNS" >> "$OUT"
-    $BIN bench decoder --dir "$DIR" --threads "$T" --runs "$RUNS" >> "$OUT"
+for ROUND in $(seq "$REPEAT"); do
+  for T in 1 2; do
+    for S in 32 64; do
+      DIR=$D64; [ "$S" = 32 ] && DIR=$D32
+      "$PY" tools/bench/unclip_decoder.py --size "$S" --threads "$T" --runs "$RUNS" >> "$OUT"
+      $BIN bench decoder --dir "$DIR" --threads "$T" --runs "$RUNS" >> "$OUT"
+    done
+    "$PY" tools/bench/decoder_train.py "$D64" --threads "$T" --runs 3 >> "$OUT"
+    $BIN bench decoder-train --dir "$D64" --threads "$T" --runs 3 >> "$OUT"
+    if [ -n "$MODEL" ]; then
+      "$PY" tools/bench/generate.py "$MODEL" --threads "$T" --runs 3 >> "$OUT"
+      $BIN bench generate --model "$MODEL" --threads "$T" --runs 3 >> "$OUT"
+    fi
   done
-  "$PY" tools/bench/decoder_train.py "$D64" --threads "$T" --runs 3 >> "$OUT"
-  $BIN bench decoder-train --dir "$D64" --threads "$T" --runs 3 >> "$OUT"
-  if [ -n "$MODEL" ]; then
-    "$PY" tools/bench/generate.py "$MODEL" --threads "$T" --runs 3 >> "$OUT"
-    $BIN bench generate --model "$MODEL" --threads "$T" --runs 3 >> "$OUT"
-  fi
 done
 "$PY" - "$OUT" <<'PY'
-import json, os, re, sys
+import json, os, re, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 def key(r):
     name = {"unclip_decoder_forward": "decoder forward", "decoder_train_step": "train step"}.get(r["bench"], r["bench"])
     return (name + (f" {r['size']}px" if r["bench"] == "unclip_decoder_forward" else ""), r["threads"])
-py = {key(r): r for r in rows if r["impl"] == "pytorch"}
-rs = {key(r): r for r in rows if r["impl"] == "unclip"}
+# Rows come in rounds, PyTorch then unclip for each key: pair them in order.
+py, rs = {}, {}
+for r in rows:
+    (py if r["impl"] == "pytorch" else rs).setdefault(key(r), []).append(r)
 gflop = {r["size"]: r["gflop"] for r in rows if r["impl"] == "pytorch" and "gflop" in r}
 # Nominal peak per core: clock x f32 FLOPs per cycle of two FMA pipes of this CPU's width. AMD's
 # Zen 4 (family 25) runs AVX-512 on 256-bit pipes, so it peaks as an AVX2 core does.
@@ -48,16 +56,24 @@ amd_family = re.search(r"cpu family\s*:\s*(\d+)", flags)
 zen4 = "AuthenticAMD" in flags and amd_family is not None and int(amd_family.group(1)) == 25
 per_cycle = 64 if " avx512f" in flags and not zen4 else 32 if " fma" in flags else 8
 print(f"nominal peak per core: {mhz / 1e3 * per_cycle:.0f} GFLOP/s ({mhz:.0f} MHz x {per_cycle} FLOP/cycle)")
+rounds = max(len(v) for v in rs.values())
+if rounds > 1:
+    print(f"{rounds} rounds: median times, median of the per-round ratios (min-max)")
 print(f"{'bench':<22}{'threads':>8}{'pytorch ms':>12}{'unclip ms':>12}{'ratio':>8}{'unclip GFLOP/s':>16}{'of peak':>9}")
 for k in sorted(rs):
     if k not in py:
         continue
-    p, u = py[k]["median_ms"], rs[k]["median_ms"]
+    pairs = list(zip(py[k], rs[k]))
+    p = statistics.median(a["median_ms"] for a, _ in pairs)
+    u = statistics.median(b["median_ms"] for _, b in pairs)
+    ratios = [b["median_ms"] / a["median_ms"] for a, b in pairs]
+    ratio = statistics.median(ratios)
+    spread = f" ({min(ratios):.2f}-{max(ratios):.2f})" if len(ratios) > 1 else ""
     extra = ""
-    size = rs[k].get("size")
-    if rs[k]["bench"] == "unclip_decoder_forward" and size in gflop:
+    size = rs[k][0].get("size")
+    if rs[k][0]["bench"] == "unclip_decoder_forward" and size in gflop:
         rate = gflop[size] / (u / 1e3)
         peak = mhz / 1e3 * per_cycle * k[1]
         extra = f"{rate:>16.1f}{rate / peak:>9.0%}"
-    print(f"{k[0]:<22}{k[1]:>8}{p:>12.1f}{u:>12.1f}{u / p:>8.2f}{extra}")
+    print(f"{k[0]:<22}{k[1]:>8}{p:>12.1f}{u:>12.1f}{ratio:>8.2f}{extra}{spread}")
 PY
