@@ -4,14 +4,14 @@ use crate::builtin_models::model_path;
 use crate::progress;
 use anyhow::{Context, Result};
 use candle_core::Device;
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use unclip::data::shapes::{read_prompt_file, Form};
 use unclip::data::DataSource;
 use unclip::diffusion::Sampler;
 use unclip::eval::{
     evaluate_captions, evaluate_shapes, CaptionScores, CaptionsEvalOptions, CaptionsReport,
-    ShapesEvalOptions, ShapesScore, VerdictFolder,
+    EvalStart, ShapesEvalOptions, ShapesScore, VerdictFolder,
 };
 use unclip::pipeline::{GenerateOptions, UnclipPipeline};
 
@@ -88,8 +88,33 @@ pub struct EvalShapesArgs {
     /// Keep every image here, named PPPP-K-pass.png / -fail.png, with verdicts.json.
     #[arg(long)]
     pub save_dir: Option<PathBuf>,
+    /// Where the judged images start, to find which stage loses the accuracy: the prompt
+    /// (the whole pipeline), or rendered scenes of it: their CLIP image embeddings decoded with
+    /// the prompt (no prior), the scenes at the decoder's resolution through the upsamplers (a
+    /// perfect decoder), or the scenes themselves (the checker's ceiling).
+    #[arg(long, value_enum, default_value_t = Start::Prompt)]
+    pub start: Start,
     #[command(flatten)]
     pub sampling: EvalSamplingArgs,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Start {
+    Prompt,
+    ImageEmbedding,
+    DecoderSample,
+    Scene,
+}
+
+impl From<Start> for EvalStart {
+    fn from(start: Start) -> Self {
+        match start {
+            Start::Prompt => EvalStart::Prompt,
+            Start::ImageEmbedding => EvalStart::ImageEmbedding,
+            Start::DecoderSample => EvalStart::DecoderSample,
+            Start::Scene => EvalStart::Scene,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -127,6 +152,7 @@ fn shapes(args: EvalShapesArgs) -> Result<()> {
     let opts = ShapesEvalOptions {
         images_per_prompt: args.images_per_prompt,
         seed: args.seed,
+        start: args.start.into(),
         generate: args.sampling.options(&args.model)?,
     };
     let mut folder = args

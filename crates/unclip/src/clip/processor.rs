@@ -215,6 +215,20 @@ impl ClipImageProcessor {
             let (rgb, w, h) = Self::read_rgb8(path.as_ref())?;
             all.extend(self.preprocess_rgb8(&rgb, w, h)?);
         }
+        self.batch(all, paths.len(), device)
+    }
+
+    /// Preprocesses in-memory images into a (N, 3, H, W) batch.
+    pub fn preprocess_images(&self, images: &[image::RgbImage], device: &Device) -> Result<Tensor> {
+        let mut all = Vec::new();
+        for image in images {
+            let (w, h) = (image.width() as usize, image.height() as usize);
+            all.extend(self.preprocess_rgb8(image.as_raw(), w, h)?);
+        }
+        self.batch(all, images.len(), device)
+    }
+
+    fn batch(&self, pixels: Vec<f32>, n: usize, device: &Device) -> Result<Tensor> {
         let (ch, cw) = if self.do_center_crop {
             self.crop_dims()
         } else {
@@ -223,7 +237,7 @@ impl ClipImageProcessor {
                 "batching needs center cropping to a fixed size",
             ));
         };
-        Ok(Tensor::from_vec(all, (paths.len(), 3, ch, cw), device)?)
+        Ok(Tensor::from_vec(pixels, (n, 3, ch, cw), device)?)
     }
 }
 

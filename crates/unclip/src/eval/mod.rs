@@ -22,5 +22,5 @@ pub use clip_metrics::{clip_score, r_precision, RPrecision};
 pub use frechet::{frechet_distance, frechet_distance_of, Gaussian};
 pub use recognize::DetectedObject;
 pub use score::{FormScore, ShapesScore};
-pub use shapes_eval::{evaluate_shapes, JudgedImage, ShapesEvalOptions};
+pub use shapes_eval::{evaluate_shapes, EvalStart, JudgedImage, ShapesEvalOptions};
 pub use verdict_folder::{VerdictFolder, SHEET_FILE, VERDICTS_FILE};

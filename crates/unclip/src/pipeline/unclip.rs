@@ -581,21 +581,59 @@ impl UnclipPipeline {
 
     /// CLIP image embeddings (B, D) of image files, unnormalised as the decoder was trained on.
     pub fn image_embeddings(&self, images: &[impl AsRef<Path>]) -> Result<Tensor> {
-        let (encoder, processor) = match (&self.image_encoder, &self.feature_extractor) {
-            (Some(e), Some(p)) => (e, p),
-            _ => {
-                return Err(Error::Checkpoint {
-                    path: self.dir.clone(),
-                    message: "the pipeline has no `image_encoder/` component; variations need one"
-                        .into(),
-                })
-            }
-        };
+        let (encoder, processor) = self.image_tower()?;
         if images.is_empty() {
             return Err(Error::InvalidInput("no image given".into()));
         }
         let pixels = processor.preprocess_files(images, &self.device)?;
         encoder.image_features(&pixels)
+    }
+
+    /// CLIP image embeddings (B, D) of in-memory images, as `image_embeddings`.
+    pub fn image_embeddings_of(&self, images: &[image::RgbImage]) -> Result<Tensor> {
+        let (encoder, processor) = self.image_tower()?;
+        if images.is_empty() {
+            return Err(Error::InvalidInput("no image given".into()));
+        }
+        let pixels = processor.preprocess_images(images, &self.device)?;
+        encoder.image_features(&pixels)
+    }
+
+    fn image_tower(&self) -> Result<(&ClipModel, &ClipImageProcessor)> {
+        match (&self.image_encoder, &self.feature_extractor) {
+            (Some(e), Some(p)) => Ok((e, p)),
+            _ => Err(Error::Checkpoint {
+                path: self.dir.clone(),
+                message: "the pipeline has no `image_encoder/` component; variations need one"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The upsamplers alone, on images (B, C, h, w) in [-1, 1] at the decoder's resolution:
+    /// what the pipeline makes of a given decoder sample. (B, H, W, C) in [0, 1].
+    pub fn upsample_decoder_samples(
+        &self,
+        small: &Tensor,
+        opts: &GenerateOptions,
+        noise: &mut NoiseSource,
+        progress: &mut Progress,
+    ) -> Result<Tensor> {
+        opts.validate()?;
+        let (channels, h, w) = self.decoder_shape()?;
+        let Ok((batch, c, sh, sw)) = small.dims4() else {
+            return Err(Error::InvalidInput(format!(
+                "decoder samples must be (batch, {channels}, {h}, {w}), got {:?}",
+                small.dims()
+            )));
+        };
+        if (c, sh, sw) != (channels, h, w) || batch == 0 {
+            return Err(Error::InvalidInput(format!(
+                "decoder samples must be (batch, {channels}, {h}, {w}), got {:?}",
+                small.dims()
+            )));
+        }
+        to_images(&self.upsample(&small.clamp(-1.0, 1.0)?, opts, noise, progress)?)
     }
 
     /// Decodes given image embeddings (one per row) `images_per_prompt` times each.

@@ -14,8 +14,8 @@ use unclip::data::shapes::{
 };
 use unclip::data::{DataSource, ImageFolder};
 use unclip::eval::{
-    check, check_text, evaluate_captions, evaluate_shapes, CaptionsEvalOptions, ShapesEvalOptions,
-    ShapesScore,
+    check, check_text, evaluate_captions, evaluate_shapes, CaptionsEvalOptions, EvalStart,
+    ShapesEvalOptions, ShapesScore,
 };
 use unclip::pipeline::{GenerateOptions, UnclipPipeline};
 
@@ -251,6 +251,7 @@ fn shapes_evaluation_runs_on_the_tiny_pipeline_and_is_reproducible() {
     let opts = ShapesEvalOptions {
         images_per_prompt: 2,
         seed: 3,
+        start: EvalStart::Prompt,
         generate: few_steps(),
     };
     let mut seen = Vec::new();
@@ -268,6 +269,45 @@ fn shapes_evaluation_runs_on_the_tiny_pipeline_and_is_reproducible() {
     );
     let (again, _) = evaluate_shapes(&pipeline, &prompts, &opts, &mut |_| Ok(())).unwrap();
     assert_eq!(again, score);
+}
+
+#[test]
+fn shapes_evaluation_can_start_from_rendered_scenes() {
+    let model = tiny_pipeline_with_image_tower("eval-shapes-start-model");
+    let pipeline = UnclipPipeline::load(&model, &Device::Cpu).unwrap();
+    let prompts: Vec<Prompt> = ["two blue squares", "a yellow square above a purple circle"]
+        .map(parse)
+        .to_vec();
+    let run = |start| {
+        let opts = ShapesEvalOptions {
+            images_per_prompt: 2,
+            seed: 1,
+            start,
+            generate: few_steps(),
+        };
+        let mut sizes = Vec::new();
+        let (score, _) = evaluate_shapes(&pipeline, &prompts, &opts, &mut |j| {
+            sizes.push(j.image.dimensions());
+            Ok(())
+        })
+        .unwrap();
+        (score, sizes)
+    };
+    // The checker's own ceiling: the rendered scenes pass.
+    let (score, sizes) = run(EvalStart::Scene);
+    assert_eq!(score.overall, 1.0);
+    assert_eq!(sizes, vec![(64, 64); 4]);
+    // The later stages run from the scenes and give the pipeline's output size.
+    let output = pipeline.output_size().unwrap();
+    for start in [EvalStart::DecoderSample, EvalStart::ImageEmbedding] {
+        let (score, sizes) = run(start);
+        assert_eq!(score.images, 4, "{start:?}");
+        assert_eq!(
+            sizes,
+            vec![(output.1 as u32, output.0 as u32); 4],
+            "{start:?}"
+        );
+    }
 }
 
 #[test]
