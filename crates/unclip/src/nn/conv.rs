@@ -26,6 +26,10 @@ use std::cell::RefCell;
 /// what keeps a 3x3 convolution on a large image from allocating its full 9x-sized column matrix.
 const COLUMN_BLOCK_FLOATS: usize = 1 << 20;
 
+/// Output pixels per image at or below which the forward and input gradient run whole images in
+/// parallel whatever their size (see `images_in_parallel_small`).
+const SMALL_IMAGE_PIXELS: usize = 256;
+
 /// Multiply-adds per image below which whole images run in parallel (see `images_in_parallel`).
 const SMALL_PRODUCT: usize = 1 << 20;
 
@@ -167,6 +171,9 @@ pub(super) struct Geometry {
     pub(super) block_floats: usize,
     /// Products (MACs per image) below which images run in parallel (`SMALL_PRODUCT`; tests vary it).
     pub(super) small_product: usize,
+    /// Output pixels at or below which forward and input gradient go image-parallel
+    /// (`SMALL_IMAGE_PIXELS`; tests vary it).
+    pub(super) small_image_pixels: usize,
     /// Forward through the packed AVX-512 kernel (`conv_gemm`) where the CPU has it; tests
     /// turn it off to check the im2col + gemm path on such CPUs too.
     pub(super) packed: bool,
@@ -227,6 +234,7 @@ impl Geometry {
             wo: (w + 2 * padding - kw) / stride + 1,
             block_floats: COLUMN_BLOCK_FLOATS,
             small_product: SMALL_PRODUCT,
+            small_image_pixels: SMALL_IMAGE_PIXELS,
             packed: conv_gemm::supported(),
         })
     }
@@ -297,6 +305,16 @@ pub(super) fn threads() -> usize {
 /// splitting one gemm costs more than it saves, go image-parallel.
 fn images_in_parallel(g: &Geometry, threads: usize) -> bool {
     threads > 1 && g.batch > 1 && g.cout * g.patch_len() * g.out_pixels() < g.small_product
+}
+
+/// The forward and input gradient of small images (`SMALL_IMAGE_PIXELS` output pixels or fewer:
+/// 16 px and below) also go image-parallel: with the compute pool, `gemm` splitting one such product
+/// between 2 threads measured 1.2-1.25x slower than two whole images side by side
+/// (`tests::kernel_timing`). The weight gradient keeps the rule above: its per-thread partial
+/// sums cost more than they save there.
+fn images_in_parallel_small(g: &Geometry, threads: usize) -> bool {
+    images_in_parallel(g, threads)
+        || (threads > 1 && g.batch > 1 && g.out_pixels() <= g.small_image_pixels)
 }
 
 fn gemm_parallelism(threads: usize) -> Parallelism {
@@ -662,7 +680,7 @@ fn conv_forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -
     }
     let mut out = vec![0f32; g.batch * g.out_image()];
     let threads = threads();
-    if images_in_parallel(g, threads) {
+    if images_in_parallel_small(g, threads) {
         out.par_chunks_mut(g.out_image())
             .zip(x.par_chunks(g.in_image()))
             .for_each(|(out, x)| forward_image(g, x, weight, bias, out, Parallelism::None));
@@ -716,7 +734,7 @@ fn conv_backward_input(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     }
     let mut dx = vec![0f32; g.batch * g.in_image()];
     let threads = threads();
-    if images_in_parallel(g, threads) {
+    if images_in_parallel_small(g, threads) {
         dx.par_chunks_mut(g.in_image())
             .zip(dy.par_chunks(g.out_image()))
             .for_each(|(dx, dy)| backward_input_image(g, dy, weight, dx, Parallelism::None));
@@ -1181,6 +1199,7 @@ mod tests {
         let mut g = Geometry::new(xs, w, b, c.stride, c.padding)?;
         g.block_floats = block_floats;
         g.small_product = small_product;
+        g.small_image_pixels = if small_product == 0 { 0 } else { usize::MAX };
         g.packed &= packed;
         conv2d_own(xs, w, b, g)
     }
