@@ -17,6 +17,7 @@
 //! 24 accumulators, 2 loads and 12 broadcasts per step of the reduction.
 
 use super::conv::Geometry;
+use super::kernel_io::SharedMut;
 use rayon::prelude::*;
 
 /// Output pixels per microkernel tile: two 16-float registers.
@@ -203,7 +204,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     let packed = pack_weights(weight, g.cout, k);
     let source = PixelSource::new(g, x);
     let tasks = tasks(g, rayon::current_num_threads());
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SharedMut(out.as_mut_ptr());
     tasks.par_iter().for_each(|task| {
         // SAFETY: tasks cover disjoint (image, pixel range, channel range) regions of `out`,
         // and `run_task` writes only inside its own region.
@@ -245,17 +246,6 @@ fn run_task(g: &Geometry, source: &PixelSource, packed: &[f32], task: &Task, out
                 }
             }
         }
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: used only to hand disjoint regions of one buffer to the tasks of `forward`.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

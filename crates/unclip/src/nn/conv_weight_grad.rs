@@ -11,6 +11,7 @@
 
 use super::conv::Geometry;
 use super::conv_gemm::PixelSource;
+use super::kernel_io::SharedMut;
 use rayon::prelude::*;
 
 /// Output channels per tile: two 16-float registers.
@@ -74,7 +75,7 @@ pub(super) fn weight_gradient(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let co_padded = g.cout.div_ceil(CO_TILE) * CO_TILE;
     // dWᵀ (K, C_out rounded up to whole tiles): each tile row is 32 consecutive floats.
     let mut dwt = vec![0f32; k * co_padded];
-    let dwt_ptr = SendPtr(dwt.as_mut_ptr());
+    let dwt_ptr = SharedMut(dwt.as_mut_ptr());
     tasks(g, rayon::current_num_threads())
         .par_iter()
         .for_each(|task| {
@@ -90,24 +91,13 @@ pub(super) fn weight_gradient(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     dw
 }
 
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: hands disjoint regions of one buffer to the tasks of `weight_gradient`.
-unsafe impl Send for SendPtr {}
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
 fn run_task(
     g: &Geometry,
     source: &PixelSource,
     dy: &[f32],
     task: &Task,
     co_padded: usize,
-    dwt: SendPtr,
+    dwt: SharedMut,
 ) {
     let k = g.patch_len();
     let pixels = g.out_pixels();

@@ -7,6 +7,7 @@
 //! `softmax(q kᵀ·scale + mask) v` for it with `gemm`, and keeps only each row's max and log-sum
 //! for the backward, which rebuilds the probabilities block by block instead of storing them.
 
+use super::kernel_io::SharedMut;
 use super::simd;
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp3, DType, Device, Layout, Result, Shape, Storage, Tensor};
@@ -141,20 +142,6 @@ impl<'a> View<'a> {
     fn head(&self, b: usize, h: usize) -> *const f32 {
         let start = self.offset + b * self.strides[0] + h * self.strides[1];
         self.data[start..].as_ptr()
-    }
-}
-
-/// A raw output pointer shared by threads that write disjoint regions.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-// SAFETY: every user writes only its own rows (documented at each use).
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// A method, not the field: closures then capture the whole `Send + Sync` wrapper.
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -1,4 +1,5 @@
-//! Borrowing the f32 data of CPU tensors inside the custom-op kernels (norms, softmax, AdamW).
+//! Borrowing the f32 data of CPU tensors inside the custom-op kernels (norms, softmax, AdamW),
+//! and handing disjoint parts of one output buffer to parallel tasks.
 
 use candle_core::{bail, CpuStorage, Layout, Result, Storage};
 
@@ -49,5 +50,19 @@ pub(crate) fn cpu_f32_mut<'a>(
             "{what}: expected a contiguous tensor, got strides {:?}",
             layout.stride()
         ),
+    }
+}
+
+/// A raw output pointer shared by threads that write disjoint regions.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: every user writes only its own rows (documented at each use).
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// A method, not the field: closures then capture the whole `Send + Sync` wrapper.
+    pub(crate) fn get(self) -> *mut f32 {
+        self.0
     }
 }
