@@ -1,9 +1,10 @@
 //! The pre-LN Transformer encoder both CLIP towers share (Radford et al. 2021, §2.4; transformers
 //! `modeling_clip.py`: CLIPAttention, CLIPMLP, CLIPEncoderLayer, CLIPEncoder).
 
+use crate::nn::{linear, Linear};
 use crate::nn::{scaled_dot_product_attention, Activation, LayerNorm};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// Sizes of one tower's encoder, taken from its config.
 #[derive(Debug, Clone, Copy)]

@@ -8,8 +8,9 @@ use super::text::{ClipTextTransformer, TextOutput};
 use super::vision::{ClipVisionTransformer, VisionOutput};
 use crate::checkpoint::{find_weights_file, read_config, save_safetensors, write_config, Weights};
 use crate::error::{Error, Result};
+use crate::nn::{linear_no_bias, Linear};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{linear_no_bias, Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use std::path::Path;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";

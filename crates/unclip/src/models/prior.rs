@@ -6,9 +6,10 @@
 use super::time_embedding::TimestepEmbedding;
 use crate::checkpoint::{read_folder, save_folder};
 use crate::error::{Error, Result};
+use crate::nn::{linear, Linear};
 use crate::nn::{scaled_dot_product_attention, timestep_embedding, Activation, LayerNorm};
 use candle_core::{DType, Device, Module, Tensor, D};
-use candle_nn::{linear, Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

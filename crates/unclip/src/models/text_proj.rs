@@ -7,8 +7,9 @@
 use crate::checkpoint::{read_folder, save_folder};
 use crate::error::Result;
 use crate::nn::LayerNorm;
+use crate::nn::{linear, Linear};
 use candle_core::{DType, Device, Module, Tensor};
-use candle_nn::{linear, Init, Linear, VarBuilder};
+use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 

@@ -2,8 +2,9 @@
 //! sinusoidal timestep features into the vector a denoiser is conditioned on.
 
 use crate::nn::Activation;
+use crate::nn::{linear, Linear};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 #[derive(Debug, Clone)]
 pub struct TimestepEmbedding {

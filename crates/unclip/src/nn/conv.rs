@@ -13,9 +13,11 @@
 //! threads; only tiny products run whole images in parallel. Other dtypes and devices use
 //! candle's convolution.
 
+use super::kernel_io::storage_f32;
+use super::matmul::{gemm_parallelism, matmul, threads, View};
 use super::{conv_gemm, conv_weight_grad};
 use candle_core::backend::BackendStorage;
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, DType, Device, Layout, Module};
+use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module};
 use candle_core::{Result, Shape, Tensor};
 use candle_nn::VarBuilder;
 use gemm::Parallelism;
@@ -294,10 +296,6 @@ impl Geometry {
     }
 }
 
-pub(super) fn threads() -> usize {
-    candle_core::utils::get_num_threads().max(1)
-}
-
 /// Whether to run images in parallel (each product single-threaded) rather than one image at a
 /// time with gemm's and im2col's own threads. Measured on the decoder's shapes at 2 threads and
 /// batch 2, one image at a time was as fast or faster down to 8x8 images with 256 channels
@@ -315,79 +313,6 @@ fn images_in_parallel(g: &Geometry, threads: usize) -> bool {
 fn images_in_parallel_small(g: &Geometry, threads: usize) -> bool {
     images_in_parallel(g, threads)
         || (threads > 1 && g.batch > 1 && g.out_pixels() <= g.small_image_pixels)
-}
-
-fn gemm_parallelism(threads: usize) -> Parallelism {
-    if threads > 1 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    }
-}
-
-/// A strided f32 matrix view: element (i, j) at `data[i * rs + j * cs]`.
-#[derive(Clone, Copy)]
-struct View<'a> {
-    data: &'a [f32],
-    rs: usize,
-    cs: usize,
-}
-
-/// `dst = (dst if accumulate) + lhs · rhs` for an m x n row-major `dst` with row stride `dst_rs`.
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    (m, n, k): (usize, usize, usize),
-    dst: &mut [f32],
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: View,
-    rhs: View,
-    parallelism: Parallelism,
-) {
-    if m == 0 || n == 0 {
-        return;
-    }
-    let extent = |rows: usize, cols: usize, rs: usize, cs: usize| (rows - 1) * rs + (cols - 1) * cs;
-    assert!(extent(m, n, dst_rs, 1) < dst.len(), "matmul: dst too short");
-    if k == 0 {
-        if !accumulate {
-            (0..m).for_each(|i| dst[i * dst_rs..i * dst_rs + n].fill(0.0));
-        }
-        return;
-    }
-    assert!(
-        extent(m, k, lhs.rs, lhs.cs) < lhs.data.len(),
-        "matmul: lhs too short"
-    );
-    assert!(
-        extent(k, n, rhs.rs, rhs.cs) < rhs.data.len(),
-        "matmul: rhs too short"
-    );
-    // SAFETY: the asserts above keep every index gemm reads or writes inside the slices, and
-    // `dst` is borrowed mutably so it aliases neither operand.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            dst_rs as isize,
-            accumulate,
-            lhs.data.as_ptr(),
-            lhs.cs as isize,
-            lhs.rs as isize,
-            rhs.data.as_ptr(),
-            rhs.cs as isize,
-            rhs.rs as isize,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism,
-        )
-    }
 }
 
 thread_local! {
@@ -809,24 +734,46 @@ struct Conv2dOp {
 }
 
 impl Conv2dOp {
+    /// dX, dW and db, each only when its tensor carries a gradient. The three run side by side
+    /// (`rayon::join`): each kernel splits across the threads on its own, and the join lets a
+    /// thread that has finished its share of one take tasks of another instead of idling at
+    /// that kernel's tail.
     fn grads(
         &self,
         xs: &Tensor,
         weight: &Tensor,
+        bias: Option<&Tensor>,
         grad: &Tensor,
-    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        let g = self.geometry;
-        let dx = if xs.track_op() {
-            Some(grad.apply_op2_no_bwd(weight, &BackwardInput { geometry: g })?)
-        } else {
-            None
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let g = &self.geometry;
+        let grad = grad.contiguous()?;
+        let (want_dx, want_dw) = (xs.track_op(), weight.track_op());
+        let want_db = bias.is_some_and(|b| b.track_op());
+        let (dx, (dw, db)) = {
+            let (x_store, x_layout) = xs.storage_and_layout();
+            let (w_store, w_layout) = weight.storage_and_layout();
+            let (dy_store, dy_layout) = grad.storage_and_layout();
+            let x = storage_f32(&x_store, x_layout, "conv2d input")?;
+            let w = storage_f32(&w_store, w_layout, "conv2d weight")?;
+            let dy = storage_f32(&dy_store, dy_layout, "conv2d output gradient")?;
+            rayon::join(
+                || want_dx.then(|| conv_backward_input(g, dy, w)),
+                || {
+                    rayon::join(
+                        || want_dw.then(|| conv_backward_weight(g, x, dy)),
+                        || want_db.then(|| conv_backward_bias(g, dy)),
+                    )
+                },
+            )
         };
-        let dw = if weight.track_op() {
-            Some(xs.apply_op2_no_bwd(grad, &BackwardWeight { geometry: g })?)
-        } else {
-            None
-        };
-        Ok((dx, dw))
+        let cpu = &Device::Cpu;
+        Ok((
+            dx.map(|dx| Tensor::from_vec(dx, (g.batch, g.cin, g.h, g.w), cpu))
+                .transpose()?,
+            dw.map(|dw| Tensor::from_vec(dw, (g.cout, g.cin, g.kh, g.kw), cpu))
+                .transpose()?,
+            db.map(|db| Tensor::from_vec(db, g.cout, cpu)).transpose()?,
+        ))
     }
 }
 
@@ -856,7 +803,8 @@ impl CustomOp2 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>)> {
-        self.grads(xs, weight, &grad.contiguous()?)
+        let (dx, dw, _) = self.grads(xs, weight, None, grad)?;
+        Ok((dx, dw))
     }
 }
 
@@ -890,88 +838,7 @@ impl CustomOp3 for Conv2dOp {
         _res: &Tensor,
         grad: &Tensor,
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
-        let grad = grad.contiguous()?;
-        let (dx, dw) = self.grads(xs, weight, &grad)?;
-        let db = if bias.track_op() {
-            let geometry = self.geometry;
-            Some(grad.apply_op1_no_bwd(&BackwardBias { geometry })?)
-        } else {
-            None
-        };
-        Ok((dx, dw, db))
-    }
-}
-
-/// dX from (dY, weight).
-struct BackwardInput {
-    geometry: Geometry,
-}
-
-impl CustomOp2 for BackwardInput {
-    fn name(&self) -> &'static str {
-        "unclip-conv2d-backward-input"
-    }
-
-    fn cpu_fwd(
-        &self,
-        dy: &CpuStorage,
-        dy_l: &Layout,
-        w: &CpuStorage,
-        w_l: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geometry;
-        let dy = f32_slice(dy, dy_l, "output gradient")?;
-        let w = f32_slice(w, w_l, "weight")?;
-        let dx = conv_backward_input(g, dy, w);
-        Ok((CpuStorage::F32(dx), Shape::from((g.batch, g.cin, g.h, g.w))))
-    }
-}
-
-/// dW from (x, dY).
-struct BackwardWeight {
-    geometry: Geometry,
-}
-
-impl CustomOp2 for BackwardWeight {
-    fn name(&self) -> &'static str {
-        "unclip-conv2d-backward-weight"
-    }
-
-    fn cpu_fwd(
-        &self,
-        xs: &CpuStorage,
-        xs_l: &Layout,
-        dy: &CpuStorage,
-        dy_l: &Layout,
-    ) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geometry;
-        let x = f32_slice(xs, xs_l, "input")?;
-        let dy = f32_slice(dy, dy_l, "output gradient")?;
-        let dw = conv_backward_weight(g, x, dy);
-        Ok((
-            CpuStorage::F32(dw),
-            Shape::from((g.cout, g.cin, g.kh, g.kw)),
-        ))
-    }
-}
-
-/// db from dY.
-struct BackwardBias {
-    geometry: Geometry,
-}
-
-impl CustomOp1 for BackwardBias {
-    fn name(&self) -> &'static str {
-        "unclip-conv2d-backward-bias"
-    }
-
-    fn cpu_fwd(&self, dy: &CpuStorage, dy_l: &Layout) -> Result<(CpuStorage, Shape)> {
-        let g = &self.geometry;
-        let dy = f32_slice(dy, dy_l, "output gradient")?;
-        Ok((
-            CpuStorage::F32(conv_backward_bias(g, dy)),
-            Shape::from(g.cout),
-        ))
+        self.grads(xs, weight, Some(bias), grad)
     }
 }
 

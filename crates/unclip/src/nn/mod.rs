@@ -19,6 +19,8 @@ mod group_norm_kernel;
 pub(crate) mod kernel_io;
 mod lanes;
 mod layer_norm_kernel;
+mod linear;
+mod matmul;
 mod norm;
 mod resample;
 mod simd;
@@ -29,6 +31,7 @@ pub use activation::{quick_gelu, sigmoid, Activation};
 pub use attention::{causal_mask, padding_mask, scaled_dot_product_attention, MASKED};
 pub use conv::{conv2d, Conv2d, Conv2dConfig};
 pub use embedding::timestep_embedding;
+pub use linear::{linear, linear_no_bias, Linear};
 pub use norm::{
     group_norm, group_norm_scale_shift, group_norm_silu, layer_norm, GroupNorm, LayerNorm,
 };

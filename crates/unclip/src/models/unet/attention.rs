@@ -12,9 +12,10 @@
 //! `rescale_output_factor`. Keys: `group_norm`, `to_q`, `to_k`, `to_v`, `add_k_proj`,
 //! `add_v_proj`, `to_out.0`. Reference: diffusers `models/attention_processor.py`.
 
+use crate::nn::{linear, Linear};
 use crate::nn::{scaled_dot_product_attention, GroupNorm};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// The shape of one attention layer.
 #[derive(Debug, Clone, Copy)]

@@ -9,8 +9,9 @@
 
 use crate::error::{Error, Result as CrateResult};
 use crate::nn::{avg_pool_2x, upsample_nearest_2x, Activation, Conv2d, Conv2dConfig, GroupNorm};
+use crate::nn::{linear, Linear};
 use candle_core::{Module, Result, Tensor};
-use candle_nn::{linear, Linear, VarBuilder};
+use candle_nn::VarBuilder;
 
 /// How the time embedding enters a ResNet block (`resnet_time_scale_shift`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
