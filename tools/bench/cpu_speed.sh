@@ -15,6 +15,10 @@ MODEL=${1:-}
 PY=${2:-/work/venv-oracle/bin/python}
 RUNS=${RUNS:-5}
 REPEAT=${REPEAT:-1}
+# bf16 convolution products (`--precision bf16`) also run where this CPU has AVX-512 BF16; their
+# rows are ratios against PyTorch's f32 run, with the output's largest difference from PyTorch.
+BF16=0
+grep -q avx512_bf16 /proc/cpuinfo && BF16=1
 D64=/tmp/unclip-bench-decoder
 D32=/tmp/unclip-bench-decoder-32
 [ -f "$D64/bench_inputs.safetensors" ] || "$PY" tools/bench/unclip_decoder.py --save "$D64" --threads 1 --runs 1 > /dev/null
@@ -28,12 +32,18 @@ for ROUND in $(seq "$REPEAT"); do
       DIR=$D64; [ "$S" = 32 ] && DIR=$D32
       "$PY" tools/bench/unclip_decoder.py --size "$S" --threads "$T" --runs "$RUNS" >> "$OUT"
       $BIN bench decoder --dir "$DIR" --threads "$T" --runs "$RUNS" >> "$OUT"
+      if [ "$BF16" = 1 ]; then
+        $BIN bench decoder --dir "$DIR" --threads "$T" --runs "$RUNS" --precision bf16 >> "$OUT"
+      fi
     done
     "$PY" tools/bench/decoder_train.py "$D64" --threads "$T" --runs 3 >> "$OUT"
     $BIN bench decoder-train --dir "$D64" --threads "$T" --runs 3 >> "$OUT"
     if [ -n "$MODEL" ]; then
       "$PY" tools/bench/generate.py "$MODEL" --threads "$T" --runs 3 >> "$OUT"
       $BIN bench generate --model "$MODEL" --threads "$T" --runs 3 >> "$OUT"
+      if [ "$BF16" = 1 ]; then
+        $BIN bench generate --model "$MODEL" --threads "$T" --runs 3 --precision bf16 >> "$OUT"
+      fi
     fi
   done
 done
@@ -42,7 +52,8 @@ import json, os, re, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.startswith("{")]
 def key(r):
     name = {"unclip_decoder_forward": "decoder forward", "decoder_train_step": "train step"}.get(r["bench"], r["bench"])
-    return (name + (f" {r['size']}px" if r["bench"] == "unclip_decoder_forward" else ""), r["threads"])
+    name += f" {r['size']}px" if r["bench"] == "unclip_decoder_forward" else ""
+    return (name + (" bf16" if r.get("precision") == "bf16" else ""), r["threads"])
 # Rows come in rounds, PyTorch then unclip for each key: pair them in order.
 py, rs = {}, {}
 for r in rows:
@@ -59,11 +70,12 @@ print(f"nominal peak per core: {mhz / 1e3 * per_cycle:.0f} GFLOP/s ({mhz:.0f} MH
 rounds = max(len(v) for v in rs.values())
 if rounds > 1:
     print(f"{rounds} rounds: median times, median of the per-round ratios (min-max)")
-print(f"{'bench':<22}{'threads':>8}{'pytorch ms':>12}{'unclip ms':>12}{'ratio':>8}{'unclip GFLOP/s':>16}{'of peak':>9}")
+print(f"{'bench':<26}{'threads':>8}{'pytorch ms':>12}{'unclip ms':>12}{'ratio':>8}{'unclip GFLOP/s':>16}{'of peak':>9}")
 for k in sorted(rs):
-    if k not in py:
+    f32_key = (k[0].removesuffix(" bf16"), k[1])
+    if f32_key not in py:
         continue
-    pairs = list(zip(py[k], rs[k]))
+    pairs = list(zip(py[f32_key], rs[k]))
     p = statistics.median(a["median_ms"] for a, _ in pairs)
     u = statistics.median(b["median_ms"] for _, b in pairs)
     ratios = [b["median_ms"] / a["median_ms"] for a, b in pairs]
@@ -75,5 +87,7 @@ for k in sorted(rs):
         rate = gflop[size] / (u / 1e3)
         peak = mhz / 1e3 * per_cycle * k[1]
         extra = f"{rate:>16.1f}{rate / peak:>9.0%}"
-    print(f"{k[0]:<22}{k[1]:>8}{p:>12.1f}{u:>12.1f}{ratio:>8.2f}{extra}{spread}")
+    if k[0].endswith(" bf16") and "max_abs_diff_vs_pytorch" in rs[k][0]:
+        spread += f" max diff {rs[k][0]['max_abs_diff_vs_pytorch']:.2g}"
+    print(f"{k[0]:<26}{k[1]:>8}{p:>12.1f}{u:>12.1f}{ratio:>8.2f}{extra}{spread}")
 PY

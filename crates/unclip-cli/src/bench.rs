@@ -10,6 +10,8 @@ use std::time::Instant;
 use unclip::clip::ClipModel;
 use unclip::tokenizer::ClipTokenizer;
 
+use crate::generate::Precision;
+
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// CLIP text and image embedding throughput (tools/bench/clip_embed.py is the PyTorch side).
@@ -40,6 +42,9 @@ pub struct BenchGenerateArgs {
     pub runs: usize,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Convolution products in inference: f32, or bf16 on CPUs with AVX-512 BF16.
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 #[derive(Args)]
@@ -51,6 +56,10 @@ pub struct BenchDecoderArgs {
     pub runs: usize,
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Convolution products of the forward: f32, or bf16 on CPUs with AVX-512 BF16 (a training
+    /// step is always f32).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
 }
 
 #[derive(Args)]
@@ -207,6 +216,7 @@ fn use_threads(threads: Option<usize>) -> usize {
 
 fn decoder(args: BenchDecoderArgs) -> Result<()> {
     let threads = use_threads(args.threads);
+    args.precision.apply()?;
     let device = Device::Cpu;
     let unet =
         unclip::models::unet::UNet2DConditionModel::load(&args.dir.join("decoder"), &device)?;
@@ -228,6 +238,7 @@ fn decoder(args: BenchDecoderArgs) -> Result<()> {
     times.sort_by(f64::total_cmp);
     let line = serde_json::json!({
         "impl": "unclip", "bench": "unclip_decoder_forward", "threads": threads, "batch": batch,
+        "precision": if args.precision == Precision::Bf16 { "bf16" } else { "f32" },
         "size": sample.dim(3)?, "runs": times.len(), "median_ms": times[times.len() / 2], "min_ms": times[0],
         "max_abs_diff_vs_pytorch": diff,
     });
@@ -289,6 +300,7 @@ fn generate(args: BenchGenerateArgs) -> Result<()> {
     use unclip::diffusion::NoiseSource;
     use unclip::pipeline::{GenerateOptions, UnclipPipeline};
     let threads = use_threads(args.threads);
+    args.precision.apply()?;
     let device = Device::Cpu;
     let pipeline = UnclipPipeline::load(&args.model, &device)?;
     let opts = GenerateOptions {
@@ -314,6 +326,7 @@ fn generate(args: BenchGenerateArgs) -> Result<()> {
     let (h, w) = pipeline.output_size()?;
     let line = serde_json::json!({
         "impl": "unclip", "bench": "generate", "threads": threads, "size": [h, w],
+        "precision": if args.precision == Precision::Bf16 { "bf16" } else { "f32" },
         "steps": [args.prior_steps, args.decoder_steps, args.super_res_steps],
         "runs": times.len(), "median_ms": times[times.len() / 2], "min_ms": times[0],
     });

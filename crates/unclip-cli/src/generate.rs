@@ -45,6 +45,29 @@ pub struct SamplingArgs {
     /// Output PNG; with several images, NAME-0.png, NAME-1.png, ...
     #[arg(long, default_value = "out.png")]
     pub output: PathBuf,
+    /// Convolution products: f32, or bf16 on CPUs with AVX-512 BF16 (faster; inputs and weights
+    /// rounded to 8 significant bits, sums in f32: see docs/benchmarks.md for the drift).
+    #[arg(long, value_enum, default_value_t = Precision::F32)]
+    pub precision: Precision,
+}
+
+/// `--precision`: how convolution products are computed in inference.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// Sets it for the rest of the process; bf16 on a CPU without AVX-512 BF16 is an error.
+    pub fn apply(self) -> Result<()> {
+        let precision = match self {
+            Precision::F32 => unclip::nn::MatmulPrecision::Highest,
+            Precision::Bf16 => unclip::nn::MatmulPrecision::Bf16,
+        };
+        unclip::nn::set_float32_matmul_precision(precision)?;
+        Ok(())
+    }
 }
 
 #[derive(Args)]
@@ -184,6 +207,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     if prompts.is_empty() {
         bail!("no prompt: give one, as in `unclip generate \"a red apple\"`, or --prompt T");
     }
+    args.sampling.precision.apply()?;
     let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
     let base = options(&args.model, &args.sampling)?;
     let opts = GenerateOptions {
@@ -199,6 +223,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 }
 
 pub fn vary(args: VaryArgs) -> Result<()> {
+    args.sampling.precision.apply()?;
     let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
     let opts = options(&args.model, &args.sampling)?;
     let mut noise = noise(&args.sampling)?;

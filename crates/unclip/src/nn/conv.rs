@@ -15,7 +15,8 @@
 
 use super::kernel_io::storage_f32;
 use super::matmul::{gemm_parallelism, matmul, threads, View};
-use super::{conv_gemm, conv_weight_grad};
+use super::precision::{float32_matmul_precision, MatmulPrecision};
+use super::{conv_bf16, conv_gemm, conv_weight_grad};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module};
 use candle_core::{Result, Shape, Tensor};
@@ -147,6 +148,14 @@ fn conv2d_own(
     bias: Option<&Tensor>,
     geometry: Geometry,
 ) -> Result<Tensor> {
+    let tracked = [Some(xs), Some(weight), bias]
+        .iter()
+        .flatten()
+        .any(|t| t.track_op());
+    let geometry = Geometry {
+        bf16: !tracked && float32_matmul_precision() == MatmulPrecision::Bf16,
+        ..geometry
+    };
     let op = Conv2dOp { geometry };
     let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
     match bias {
@@ -179,6 +188,8 @@ pub(super) struct Geometry {
     /// Forward through the packed AVX-512 kernel (`conv_gemm`) where the CPU has it; tests
     /// turn it off to check the im2col + gemm path on such CPUs too.
     pub(super) packed: bool,
+    /// Forward in bf16 products (`conv_bf16`): inference under `MatmulPrecision::Bf16` only.
+    pub(super) bf16: bool,
 }
 
 impl Geometry {
@@ -238,6 +249,7 @@ impl Geometry {
             small_product: SMALL_PRODUCT,
             small_image_pixels: SMALL_IMAGE_PIXELS,
             packed: conv_gemm::supported(),
+            bf16: false,
         })
     }
 
@@ -600,6 +612,9 @@ fn backward_weight_image(
 }
 
 fn conv_forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    if g.packed && g.bf16 && conv_gemm::reads_in_place(g) {
+        return conv_bf16::forward(g, x, weight, bias);
+    }
     if g.packed && conv_gemm::reads_in_place(g) {
         return conv_gemm::forward(g, x, weight, bias);
     }

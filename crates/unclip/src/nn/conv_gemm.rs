@@ -21,9 +21,9 @@ use super::kernel_io::SharedMut;
 use rayon::prelude::*;
 
 /// Output pixels per microkernel tile: two 16-float registers.
-const MR: usize = 32;
+pub(super) const MR: usize = 32;
 /// Output channels per microkernel tile.
-const NR: usize = 12;
+pub(super) const NR: usize = 12;
 /// Reduction (patch) entries per block: the block's packed weights for one tile (12 KB) stay in
 /// L1 while the tile sweeps the pixel block.
 const KC: usize = 256;
@@ -68,15 +68,15 @@ fn pack_weights(weight: &[f32], cout: usize, k: usize) -> Vec<f32> {
 
 /// One unit of parallel work: a block of pixels of one image, for a range of channel panels.
 #[derive(Clone, Copy)]
-struct Task {
-    image: usize,
-    pixels: (usize, usize),
-    panels: (usize, usize),
+pub(super) struct Task {
+    pub(super) image: usize,
+    pub(super) pixels: (usize, usize),
+    pub(super) panels: (usize, usize),
 }
 
 /// Splits the batch into pixel blocks, and the channel panels too when there are too few
 /// blocks to keep every thread busy (small images late in the U-Net).
-fn tasks(g: &Geometry, threads: usize) -> Vec<Task> {
+pub(super) fn tasks(g: &Geometry, threads: usize) -> Vec<Task> {
     let pixels = g.out_pixels();
     let panels = g.cout.div_ceil(NR);
     let blocks = pixels.div_ceil(MC);

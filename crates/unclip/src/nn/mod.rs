@@ -10,6 +10,7 @@
 mod activation;
 mod attention;
 mod conv;
+mod conv_bf16;
 mod conv_gemm;
 mod conv_weight_grad;
 mod embedding;
@@ -22,6 +23,7 @@ mod layer_norm_kernel;
 mod linear;
 mod matmul;
 mod norm;
+mod precision;
 mod resample;
 mod simd;
 mod softmax;
@@ -34,6 +36,9 @@ pub use embedding::timestep_embedding;
 pub use linear::{linear, linear_no_bias, Linear};
 pub use norm::{
     group_norm, group_norm_scale_shift, group_norm_silu, layer_norm, GroupNorm, LayerNorm,
+};
+pub use precision::{
+    bf16_supported, float32_matmul_precision, set_float32_matmul_precision, MatmulPrecision,
 };
 pub use resample::{avg_pool_2x, upsample_nearest_2x};
 pub use softmax::{log_softmax_last_dim, softmax_last_dim};
