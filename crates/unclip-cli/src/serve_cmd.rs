@@ -50,9 +50,14 @@ pub struct ServeArgs {
     /// Times each edit (inpainting) step is redone to blend the repainted region (1: none).
     #[arg(long, default_value_t = 3)]
     pub edit_resample: usize,
+    /// Convolution products: f32, or bf16 on CPUs with AVX-512 BF16 (faster, slightly
+    /// different images: see docs/benchmarks.md).
+    #[arg(long, value_enum, default_value_t = crate::generate::Precision::F32)]
+    pub precision: crate::generate::Precision,
 }
 
 pub fn serve(args: ServeArgs) -> Result<()> {
+    args.precision.apply()?;
     if args.max_batch == 0 || args.max_queue == 0 {
         bail!("--max-batch and --max-queue must be at least 1");
     }
