@@ -172,6 +172,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     let out_ptr = SharedMut(out.as_mut_ptr());
     tasks(g, rayon::current_num_threads())
         .par_iter()
+        .with_max_len(1)
         .for_each(|task| {
             // SAFETY: tasks cover disjoint (image, pixel range, channel range) regions of `out`,
             // and `run_task` writes only inside its own region.

@@ -205,7 +205,9 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     let source = PixelSource::new(g, x);
     let tasks = tasks(g, rayon::current_num_threads());
     let out_ptr = SharedMut(out.as_mut_ptr());
-    tasks.par_iter().for_each(|task| {
+    // One rayon job per task: the default split hands each thread a few large ranges, whose
+    // uneven ends left one core idle at the tail of each convolution (2-thread profiles).
+    tasks.par_iter().with_max_len(1).for_each(|task| {
         // SAFETY: tasks cover disjoint (image, pixel range, channel range) regions of `out`,
         // and `run_task` writes only inside its own region.
         let out_image = unsafe { out_ptr.get().add(task.image * g.out_image()) };

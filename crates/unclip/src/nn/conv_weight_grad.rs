@@ -78,6 +78,7 @@ pub(super) fn weight_gradient(g: &Geometry, x: &[f32], dy: &[f32]) -> Vec<f32> {
     let dwt_ptr = SharedMut(dwt.as_mut_ptr());
     tasks(g, rayon::current_num_threads())
         .par_iter()
+        .with_max_len(1)
         .for_each(|task| {
             // SAFETY: each task writes only rows of its own patch-entry tiles, columns of its
             // own channel tile, of `dwt`; tasks share no (row, column) pair.

@@ -283,7 +283,7 @@ impl CustomOp3 for FlashAttention {
         let mut stats = vec![(0f32, 0f32); b * h * tq];
         let out_ptr = SharedMut(out.as_mut_ptr());
         let stats_ptr = SharedMut(stats.as_mut_ptr() as *mut f32);
-        (0..tasks).into_par_iter().for_each_init(
+        (0..tasks).into_par_iter().with_max_len(1).for_each_init(
             || vec![0f32; rows * tk],
             |scores, task| {
                 let (bh, block) = (task / blocks, task % blocks);
@@ -385,7 +385,7 @@ impl CustomOp3 for FlashAttention {
         let dq_ptr = SharedMut(dq.as_mut_ptr());
         let dk_ptr = SharedMut(dk.as_mut_ptr());
         let dv_ptr = SharedMut(dv_grad.as_mut_ptr());
-        (0..b * h).into_par_iter().for_each_init(
+        (0..b * h).into_par_iter().with_max_len(1).for_each_init(
             || (vec![0f32; rows * tk], vec![0f32; rows * tk]),
             |(probs, dprobs), bh| {
                 let (bi, hi) = (bh / h, bh % h);

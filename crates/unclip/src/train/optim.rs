@@ -6,6 +6,7 @@
 use crate::error::{Error, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -109,13 +110,16 @@ impl AdamW {
         let c = self.config;
         let bias1 = 1.0 - c.beta1.powi(self.step as i32);
         let bias2 = 1.0 - c.beta2.powi(self.step as i32);
+        // The in-place CPU updates run side by side: one at a time, the many small tensors
+        // (biases, norms) each left the second core idle.
+        let mut in_place: Vec<(&Slot, Tensor)> = Vec::new();
         for (slot, g) in self.slots.iter_mut().zip(grads) {
             let Some(g) = g else {
                 continue;
             };
             let g = g.detach();
             if slot.var.device().is_cpu() && slot.var.dtype() == candle_core::DType::F32 {
-                slot.update_in_place(&g.contiguous()?, lr, c, bias1, bias2)?;
+                in_place.push((slot, g.contiguous()?));
                 continue;
             }
             slot.m = ((&slot.m * c.beta1)? + (&g * (1.0 - c.beta1))?)?.detach();
@@ -127,6 +131,10 @@ impl AdamW {
             }
             slot.var.set(&(theta - (update * lr)?)?)?;
         }
+        in_place
+            .par_iter()
+            .with_max_len(1)
+            .try_for_each(|(slot, g)| slot.update_in_place(g, lr, c, bias1, bias2))?;
         Ok(())
     }
 
