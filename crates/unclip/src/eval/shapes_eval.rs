@@ -16,8 +16,7 @@ use crate::data::shapes::grammar::Prompt;
 use crate::data::shapes::{render, Scene};
 use crate::diffusion::NoiseSource;
 use crate::error::{Error, Result};
-use crate::imageops::resize_bicubic_antialias;
-use crate::imageops::to_rgb8;
+use crate::imageops::{resize_bicubic_antialias, rgb_tensor, to_rgb8};
 use crate::pipeline::{GenerateOptions, UnclipPipeline};
 use candle_core::Tensor;
 use image::RgbImage;
@@ -127,15 +126,8 @@ fn make_images(
             let batch = scenes
                 .iter()
                 .map(|scene| {
-                    let (sw, sh) = (scene.width() as usize, scene.height() as usize);
-                    let pixels: Vec<f32> = scene
-                        .as_raw()
-                        .iter()
-                        .map(|&v| v as f32 / 127.5 - 1.0)
-                        .collect();
-                    let t = Tensor::from_vec(pixels, (1, sh, sw, 3), pipeline.device())?
-                        .permute((0, 3, 1, 2))?;
-                    Ok(resize_bicubic_antialias(&t.contiguous()?, h, w)?)
+                    let t = rgb_tensor(scene, pipeline.device())?;
+                    Ok(resize_bicubic_antialias(&t, h, w)?)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let small = Tensor::cat(&batch, 0)?;

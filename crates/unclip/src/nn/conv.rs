@@ -13,7 +13,7 @@
 //! threads; only tiny products run whole images in parallel. Other dtypes and devices use
 //! candle's convolution.
 
-use super::kernel_io::storage_f32;
+use super::kernel_io::{cpu_gradient, gradients_side_by_side, storage_f32};
 use super::matmul::{gemm_parallelism, matmul, threads, View};
 use super::precision::{float32_matmul_precision, MatmulPrecision};
 use super::{conv_bf16, conv_gemm, conv_weight_grad};
@@ -749,10 +749,7 @@ struct Conv2dOp {
 }
 
 impl Conv2dOp {
-    /// dX, dW and db, each only when its tensor carries a gradient. The three run side by side
-    /// (`rayon::join`): each kernel splits across the threads on its own, and the join lets a
-    /// thread that has finished its share of one take tasks of another instead of idling at
-    /// that kernel's tail.
+    /// dX, dW and db, each only when its tensor carries a gradient, side by side.
     fn grads(
         &self,
         xs: &Tensor,
@@ -764,30 +761,23 @@ impl Conv2dOp {
         let grad = grad.contiguous()?;
         let (want_dx, want_dw) = (xs.track_op(), weight.track_op());
         let want_db = bias.is_some_and(|b| b.track_op());
-        let (dx, (dw, db)) = {
+        let [dx, dw, db] = {
             let (x_store, x_layout) = xs.storage_and_layout();
             let (w_store, w_layout) = weight.storage_and_layout();
             let (dy_store, dy_layout) = grad.storage_and_layout();
             let x = storage_f32(&x_store, x_layout, "conv2d input")?;
             let w = storage_f32(&w_store, w_layout, "conv2d weight")?;
             let dy = storage_f32(&dy_store, dy_layout, "conv2d output gradient")?;
-            rayon::join(
-                || want_dx.then(|| conv_backward_input(g, dy, w)),
-                || {
-                    rayon::join(
-                        || want_dw.then(|| conv_backward_weight(g, x, dy)),
-                        || want_db.then(|| conv_backward_bias(g, dy)),
-                    )
-                },
+            gradients_side_by_side(
+                want_dx.then_some(|| conv_backward_input(g, dy, w)),
+                want_dw.then_some(|| conv_backward_weight(g, x, dy)),
+                want_db.then_some(|| conv_backward_bias(g, dy)),
             )
         };
-        let cpu = &Device::Cpu;
         Ok((
-            dx.map(|dx| Tensor::from_vec(dx, (g.batch, g.cin, g.h, g.w), cpu))
-                .transpose()?,
-            dw.map(|dw| Tensor::from_vec(dw, (g.cout, g.cin, g.kh, g.kw), cpu))
-                .transpose()?,
-            db.map(|db| Tensor::from_vec(db, g.cout, cpu)).transpose()?,
+            cpu_gradient(dx, (g.batch, g.cin, g.h, g.w))?,
+            cpu_gradient(dw, (g.cout, g.cin, g.kh, g.kw))?,
+            cpu_gradient(db, g.cout)?,
         ))
     }
 }

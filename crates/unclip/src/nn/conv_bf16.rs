@@ -11,7 +11,7 @@
 //! and weight to 8 significant bits (relative error up to 2^-9 each).
 
 use super::conv::Geometry;
-use super::conv_gemm::{tasks, Task, MR, NR};
+use super::conv_gemm::{output_with_bias, tasks, Task, MR, NR};
 use super::kernel_io::SharedMut;
 use rayon::prelude::*;
 
@@ -156,14 +156,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
         "conv_bf16::forward called for {g:?}"
     );
     let pixels = g.out_pixels();
-    let mut out = vec![0f32; g.batch * g.out_image()];
-    if let Some(b) = bias {
-        for image in out.chunks_exact_mut(g.out_image()) {
-            for (row, &v) in image.chunks_exact_mut(pixels).zip(b) {
-                row.fill(v);
-            }
-        }
-    }
+    let mut out = output_with_bias(g, bias);
     if pixels == 0 || g.cout == 0 || g.cin == 0 {
         return out;
     }
@@ -290,39 +283,13 @@ mod tests {
         assert!(from_bf16(to_bf16(f32::NAN)).is_nan());
     }
 
-    /// The convolution of the bf16-rounded operands, summed in f64.
+    /// The convolution of the bf16-rounded operands: products of two bf16 are exact, so the
+    /// f32 definition on rounded inputs is what the kernel computes, up to summation order.
     fn reference(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
         let round = |v: &f32| from_bf16(to_bf16(*v));
-        let (x, w): (Vec<f32>, Vec<f32>) =
-            (x.iter().map(round).collect(), w.iter().map(round).collect());
-        let mut out = vec![0f32; g.batch * g.out_image()];
-        for n in 0..g.batch {
-            for co in 0..g.cout {
-                for r in 0..g.ho {
-                    for col in 0..g.wo {
-                        let mut s = bias.map_or(0.0, |b| b[co]) as f64;
-                        for ci in 0..g.cin {
-                            for i in 0..g.kh {
-                                for j in 0..g.kw {
-                                    let ih = (r + i) as isize - g.padding as isize;
-                                    let iw = (col + j) as isize - g.padding as isize;
-                                    if ih < 0 || iw < 0 || ih >= g.h as isize || iw >= g.w as isize
-                                    {
-                                        continue;
-                                    }
-                                    let xv = x[((n * g.cin + ci) * g.h + ih as usize) * g.w
-                                        + iw as usize];
-                                    let wv = w[((co * g.cin + ci) * g.kh + i) * g.kw + j];
-                                    s += f64::from(xv) * f64::from(wv);
-                                }
-                            }
-                        }
-                        out[((n * g.cout + co) * g.ho + r) * g.wo + col] = s as f32;
-                    }
-                }
-            }
-        }
-        out
+        let x: Vec<f32> = x.iter().map(round).collect();
+        let w: Vec<f32> = w.iter().map(round).collect();
+        super::super::conv_gemm::tests::direct(g, &x, &w, bias)
     }
 
     #[test]

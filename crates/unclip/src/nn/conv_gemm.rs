@@ -190,14 +190,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     );
     let pixels = g.out_pixels();
     let k = g.patch_len();
-    let mut out = vec![0f32; g.batch * g.out_image()];
-    if let Some(b) = bias {
-        for image in out.chunks_exact_mut(g.out_image()) {
-            for (row, &v) in image.chunks_exact_mut(pixels).zip(b) {
-                row.fill(v);
-            }
-        }
-    }
+    let mut out = output_with_bias(g, bias);
     if pixels == 0 || g.cout == 0 || k == 0 {
         return out;
     }
@@ -213,6 +206,20 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
         let out_image = unsafe { out_ptr.get().add(task.image * g.out_image()) };
         run_task(g, &source, &packed, task, out_image);
     });
+    out
+}
+
+/// The output (B, C_out, H', W') filled with each channel's bias (zeros without one), for the
+/// tiles to accumulate into.
+pub(super) fn output_with_bias(g: &Geometry, bias: Option<&[f32]>) -> Vec<f32> {
+    let mut out = vec![0f32; g.batch * g.out_image()];
+    if let Some(b) = bias {
+        for image in out.chunks_exact_mut(g.out_image()) {
+            for (row, &v) in image.chunks_exact_mut(g.out_pixels()).zip(b) {
+                row.fill(v);
+            }
+        }
+    }
     out
 }
 
@@ -318,12 +325,17 @@ unsafe fn tile_avx512(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use candle_core::{Device, Tensor};
 
     /// The definition, one multiply-add at a time.
-    fn direct(g: &Geometry, x: &[f32], w: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+    pub(in crate::nn) fn direct(
+        g: &Geometry,
+        x: &[f32],
+        w: &[f32],
+        bias: Option<&[f32]>,
+    ) -> Vec<f32> {
         let mut out = vec![0f32; g.batch * g.out_image()];
         for n in 0..g.batch {
             for co in 0..g.cout {

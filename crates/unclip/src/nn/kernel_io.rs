@@ -1,7 +1,8 @@
 //! Borrowing the f32 data of CPU tensors inside the custom-op kernels (norms, softmax, AdamW),
-//! and handing disjoint parts of one output buffer to parallel tasks.
+//! handing disjoint parts of one output buffer to parallel tasks, and computing an op's
+//! gradients side by side.
 
-use candle_core::{bail, CpuStorage, Layout, Result, Storage};
+use candle_core::{bail, CpuStorage, Device, Layout, Result, Shape, Storage, Tensor};
 
 /// The contiguous f32 data `layout` describes in `storage`; `what` names the operand in errors.
 pub(crate) fn cpu_f32<'a>(
@@ -65,4 +66,29 @@ impl SharedMut {
     pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
+}
+
+/// The gradients of an op's three inputs, each computed only when asked (`None` otherwise), side
+/// by side (`rayon::join`): each kernel splits across the threads on its own, and the join lets a
+/// thread that has finished its share of one take tasks of another instead of idling at that
+/// kernel's tail.
+pub(crate) fn gradients_side_by_side(
+    first: Option<impl FnOnce() -> Vec<f32> + Send>,
+    second: Option<impl FnOnce() -> Vec<f32> + Send>,
+    third: Option<impl FnOnce() -> Vec<f32> + Send>,
+) -> [Option<Vec<f32>>; 3] {
+    let (a, (b, c)) = rayon::join(
+        || first.map(|f| f()),
+        || rayon::join(|| second.map(|f| f()), || third.map(|f| f())),
+    );
+    [a, b, c]
+}
+
+/// A gradient computed on the CPU, as a tensor of `shape`.
+pub(crate) fn cpu_gradient(
+    data: Option<Vec<f32>>,
+    shape: impl Into<Shape>,
+) -> Result<Option<Tensor>> {
+    data.map(|d| Tensor::from_vec(d, shape, &Device::Cpu))
+        .transpose()
 }

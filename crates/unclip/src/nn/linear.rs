@@ -8,7 +8,7 @@
 //! backward computes dX = dY·W, dW = dYᵀ·X and db = Σ dY side by side. Other dtypes and devices
 //! run candle's layer.
 
-use super::kernel_io::{cpu_f32, storage_f32};
+use super::kernel_io::{cpu_f32, cpu_gradient, gradients_side_by_side, storage_f32};
 use super::matmul::{gemm_parallelism, matmul, threads, View};
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module};
 use candle_core::{Result, Shape, Tensor};
@@ -177,31 +177,23 @@ impl LinearOp {
         let grad = grad.contiguous()?;
         let (want_dx, want_dw) = (xs.track_op(), weight.track_op());
         let want_db = bias.is_some_and(|b| b.track_op());
-        let (dx, (dw, db)) = {
+        let [dx, dw, db] = {
             let (x_store, x_layout) = xs.storage_and_layout();
             let (w_store, w_layout) = weight.storage_and_layout();
             let (dy_store, dy_layout) = grad.storage_and_layout();
             let x = storage_f32(&x_store, x_layout, "linear input")?;
             let w = storage_f32(&w_store, w_layout, "linear weight")?;
             let dy = storage_f32(&dy_store, dy_layout, "linear output gradient")?;
-            rayon::join(
-                || want_dx.then(|| self.input_gradient(dy, w)),
-                || {
-                    rayon::join(
-                        || want_dw.then(|| self.weight_gradient(x, dy)),
-                        || want_db.then(|| self.bias_gradient(dy)),
-                    )
-                },
+            gradients_side_by_side(
+                want_dx.then_some(|| self.input_gradient(dy, w)),
+                want_dw.then_some(|| self.weight_gradient(x, dy)),
+                want_db.then_some(|| self.bias_gradient(dy)),
             )
         };
-        let cpu = &Device::Cpu;
         Ok((
-            dx.map(|dx| Tensor::from_vec(dx, (self.rows, self.in_dim), cpu))
-                .transpose()?,
-            dw.map(|dw| Tensor::from_vec(dw, (self.out_dim, self.in_dim), cpu))
-                .transpose()?,
-            db.map(|db| Tensor::from_vec(db, self.out_dim, cpu))
-                .transpose()?,
+            cpu_gradient(dx, (self.rows, self.in_dim))?,
+            cpu_gradient(dw, (self.out_dim, self.in_dim))?,
+            cpu_gradient(db, self.out_dim)?,
         ))
     }
 }

@@ -8,7 +8,7 @@ use super::unclip::{to_images, GenerateOptions, UnclipPipeline};
 use crate::clip::decode_image;
 use crate::diffusion::{NoiseSource, Prediction, Sampler, Scheduler, SchedulerConfig, SolverState};
 use crate::error::{Error, Result};
-use crate::imageops::resize_bicubic_antialias;
+use crate::imageops::{resize_bicubic_antialias, rgb_tensor};
 use candle_core::{DType, Device, Tensor};
 use image::RgbaImage;
 use std::path::Path;
@@ -41,19 +41,6 @@ pub fn read_rgba(path: &Path) -> Result<RgbaImage> {
         message,
     })?;
     Ok(image.to_rgba8())
-}
-
-/// (1, 3, H, W) in [-1, 1] from the image's colour channels.
-fn rgb_tensor(image: &RgbaImage, device: &Device) -> Result<Tensor> {
-    let (w, h) = (image.width() as usize, image.height() as usize);
-    let rgb: Vec<f32> = image
-        .pixels()
-        .flat_map(|p| [p[0], p[1], p[2]])
-        .map(|v| v as f32 / 127.5 - 1.0)
-        .collect();
-    Ok(Tensor::from_vec(rgb, (1, h, w, 3), device)?
-        .permute((0, 3, 1, 2))?
-        .contiguous()?)
 }
 
 /// Resizes (B, C, H, W) unless it already has the size.

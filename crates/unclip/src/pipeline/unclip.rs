@@ -621,13 +621,9 @@ impl UnclipPipeline {
     ) -> Result<Tensor> {
         opts.validate()?;
         let (channels, h, w) = self.decoder_shape()?;
-        let Ok((batch, c, sh, sw)) = small.dims4() else {
-            return Err(Error::InvalidInput(format!(
-                "decoder samples must be (batch, {channels}, {h}, {w}), got {:?}",
-                small.dims()
-            )));
-        };
-        if (c, sh, sw) != (channels, h, w) || batch == 0 {
+        let fits =
+            matches!(small.dims4(), Ok((b, c, sh, sw)) if b > 0 && (c, sh, sw) == (channels, h, w));
+        if !fits {
             return Err(Error::InvalidInput(format!(
                 "decoder samples must be (batch, {channels}, {h}, {w}), got {:?}",
                 small.dims()
