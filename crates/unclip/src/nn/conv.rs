@@ -15,6 +15,7 @@
 
 use super::kernel_io::{cpu_gradient, gradients_side_by_side, storage_f32};
 use super::matmul::{gemm_parallelism, matmul, threads, View};
+use super::packed_weights::PackedWeights;
 use super::precision::{float32_matmul_precision, MatmulPrecision};
 use super::{conv_bf16, conv_gemm, conv_weight_grad};
 use candle_core::backend::BackendStorage;
@@ -24,6 +25,7 @@ use candle_nn::VarBuilder;
 use gemm::Parallelism;
 use rayon::prelude::*;
 use std::cell::RefCell;
+use std::sync::Arc;
 
 /// Upper bound on one block of the column matrix, in floats (4 MiB): about the L2 cache, and
 /// what keeps a 3x3 convolution on a large image from allocating its full 9x-sized column matrix.
@@ -59,6 +61,8 @@ pub struct Conv2d {
     weight: Tensor,
     bias: Option<Tensor>,
     config: Conv2dConfig,
+    /// The weights as the microkernels read them, kept while they are not trained.
+    packed: Arc<PackedWeights>,
 }
 
 impl Conv2d {
@@ -67,6 +71,7 @@ impl Conv2d {
             weight,
             bias,
             config,
+            packed: Arc::default(),
         }
     }
 
@@ -106,12 +111,15 @@ impl Conv2d {
 
 impl Module for Conv2d {
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        conv2d(
+        // A tracked weight (a `Var`, or computed from one) may change between calls.
+        let packed = (!self.weight.track_op()).then(|| self.packed.clone());
+        conv2d_with_packing(
             xs,
             &self.weight,
             self.bias.as_ref(),
             self.config.stride,
             self.config.padding,
+            packed,
         )
     }
 }
@@ -124,6 +132,18 @@ pub fn conv2d(
     bias: Option<&Tensor>,
     stride: usize,
     padding: usize,
+) -> Result<Tensor> {
+    conv2d_with_packing(xs, weight, bias, stride, padding, None)
+}
+
+/// `conv2d`, keeping the weights' packing in `packed` across calls when given.
+fn conv2d_with_packing(
+    xs: &Tensor,
+    weight: &Tensor,
+    bias: Option<&Tensor>,
+    stride: usize,
+    padding: usize,
+    packed: Option<Arc<PackedWeights>>,
 ) -> Result<Tensor> {
     let geometry = Geometry::new(xs, weight, bias, stride, padding)?;
     let own_kernel = matches!(xs.device(), Device::Cpu)
@@ -138,7 +158,7 @@ pub fn conv2d(
             None => Ok(ys),
         };
     }
-    conv2d_own(xs, weight, bias, geometry)
+    conv2d_own(xs, weight, bias, geometry, packed)
 }
 
 /// The own kernel with the given geometry (tests shrink its column blocks).
@@ -147,6 +167,7 @@ fn conv2d_own(
     weight: &Tensor,
     bias: Option<&Tensor>,
     geometry: Geometry,
+    packed: Option<Arc<PackedWeights>>,
 ) -> Result<Tensor> {
     let tracked = [Some(xs), Some(weight), bias]
         .iter()
@@ -156,7 +177,7 @@ fn conv2d_own(
         bf16: !tracked && float32_matmul_precision() == MatmulPrecision::Bf16,
         ..geometry
     };
-    let op = Conv2dOp { geometry };
+    let op = Conv2dOp { geometry, packed };
     let (xs, weight) = (xs.contiguous()?, weight.contiguous()?);
     match bias {
         Some(b) => xs.apply_op3(&weight, &b.contiguous()?, op),
@@ -611,12 +632,18 @@ fn backward_weight_image(
     });
 }
 
-fn conv_forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+fn conv_forward(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    packed: Option<&PackedWeights>,
+) -> Vec<f32> {
     if g.packed && g.bf16 && conv_gemm::reads_in_place(g) {
-        return conv_bf16::forward(g, x, weight, bias);
+        return conv_bf16::forward(g, x, weight, bias, packed);
     }
     if g.packed && conv_gemm::reads_in_place(g) {
-        return conv_gemm::forward(g, x, weight, bias);
+        return conv_gemm::forward(g, x, weight, bias, packed);
     }
     let mut out = vec![0f32; g.batch * g.out_image()];
     let threads = threads();
@@ -668,7 +695,7 @@ fn conv_backward_input(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     if g.packed {
         if let Some((transposed, flipped)) = input_gradient_as_convolution(g, weight) {
             if conv_gemm::reads_in_place(&transposed) {
-                return conv_gemm::forward(&transposed, dy, &flipped, None);
+                return conv_gemm::forward(&transposed, dy, &flipped, None, None);
             }
         }
     }
@@ -746,6 +773,8 @@ fn out_shape(g: &Geometry) -> Shape {
 /// The forward convolution: (x, weight) or (x, weight, bias).
 struct Conv2dOp {
     geometry: Geometry,
+    /// The layer's packing cache: only for weights that no gradient tracks.
+    packed: Option<Arc<PackedWeights>>,
 }
 
 impl Conv2dOp {
@@ -797,7 +826,7 @@ impl CustomOp2 for Conv2dOp {
         let g = &self.geometry;
         let x = f32_slice(xs, xs_l, "input")?;
         let w = f32_slice(w, w_l, "weight")?;
-        let out = conv_forward(g, x, w, None);
+        let out = conv_forward(g, x, w, None, self.packed.as_deref());
         Ok((CpuStorage::F32(out), out_shape(g)))
     }
 
@@ -831,7 +860,7 @@ impl CustomOp3 for Conv2dOp {
         let x = f32_slice(xs, xs_l, "input")?;
         let w = f32_slice(w, w_l, "weight")?;
         let b = f32_slice(b, b_l, "bias")?;
-        let out = conv_forward(g, x, w, Some(b));
+        let out = conv_forward(g, x, w, Some(b), self.packed.as_deref());
         Ok((CpuStorage::F32(out), out_shape(g)))
     }
 
@@ -1073,7 +1102,7 @@ mod tests {
         g.small_product = small_product;
         g.small_image_pixels = if small_product == 0 { 0 } else { usize::MAX };
         g.packed &= packed;
-        conv2d_own(xs, w, b, g)
+        conv2d_own(xs, w, b, g, None)
     }
 
     #[test]
@@ -1156,6 +1185,37 @@ mod tests {
     }
 
     #[test]
+    fn a_loaded_layer_packs_its_weights_once_and_a_trained_one_every_call() -> Result<()> {
+        if !conv_gemm::supported() {
+            eprintln!("skipped: this CPU has no AVX-512, so nothing is packed");
+            return Ok(());
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        let xs = random(&[2, 5, 32, 32], &mut rng)?;
+        let (w, b) = (random(&[7, 5, 3, 3], &mut rng)?, random(&[7], &mut rng)?);
+        let config = Conv2dConfig {
+            padding: 1,
+            stride: 1,
+        };
+        let loaded = Conv2d::new(w.clone(), Some(b.clone()), config);
+        let want = conv2d(&xs, &w, Some(&b), 1, 1)?;
+        for _ in 0..2 {
+            assert_eq!(max_rel_diff(&loaded.forward(&xs)?, &want)?, 0.0);
+        }
+        assert_eq!(loaded.packed.ready(), (true, false));
+
+        let trained = Var::from_tensor(&w)?;
+        let layer = Conv2d::new(trained.as_tensor().clone(), Some(b.clone()), config);
+        layer.forward(&xs)?;
+        assert_eq!(layer.packed.ready(), (false, false));
+        let stepped = random(&[7, 5, 3, 3], &mut rng)?;
+        trained.set(&stepped)?;
+        let want = conv2d(&xs, &stepped, Some(&b), 1, 1)?;
+        assert_eq!(max_rel_diff(&layer.forward(&xs)?, &want)?, 0.0);
+        Ok(())
+    }
+
+    #[test]
     fn bad_shapes_are_named() -> Result<()> {
         let xs = Tensor::zeros((1, 3, 5, 5), DType::F32, &Device::Cpu)?;
         let w = Tensor::zeros((4, 2, 3, 3), DType::F32, &Device::Cpu)?;
@@ -1232,7 +1292,7 @@ mod tests {
                 for (slot, packed) in [(0, true), (1, false)] {
                     g.packed = packed && conv_gemm::supported();
                     ms[slot] = time(&mut || match pass {
-                        0 => drop(conv_forward(&g, &x, &w, None)),
+                        0 => drop(conv_forward(&g, &x, &w, None, None)),
                         1 => drop(conv_backward_input(&g, &dy, &w)),
                         _ if g.packed => drop(conv_weight_grad::weight_gradient(&g, &x, &dy)),
                         _ => drop(conv_backward_weight(&g, &x, &dy)),

@@ -13,6 +13,7 @@
 use super::conv::Geometry;
 use super::conv_gemm::{output_with_bias, tasks, Task, MR, NR};
 use super::kernel_io::SharedMut;
+use super::packed_weights::PackedWeights;
 use rayon::prelude::*;
 
 /// Entry pairs per reduction block: the block's packed weights for one tile (12 KB) stay in L1.
@@ -150,7 +151,14 @@ fn pack_weights(g: &Geometry, weight: &[f32]) -> Vec<u32> {
 
 /// (B, C_out, H', W') = bias + conv(x, weight) with bf16 products. Call only where
 /// `supported()` and `conv_gemm::reads_in_place(g)` hold.
-pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// `cache` keeps the packed weights across calls (see `packed_weights`).
+pub(super) fn forward(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    cache: Option<&PackedWeights>,
+) -> Vec<f32> {
     assert!(
         supported() && super::conv_gemm::reads_in_place(g),
         "conv_bf16::forward called for {g:?}"
@@ -160,7 +168,14 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     if pixels == 0 || g.cout == 0 || g.cin == 0 {
         return out;
     }
-    let packed = pack_weights(g, weight);
+    let fresh;
+    let packed = match cache {
+        Some(cache) => cache.bf16(|| pack_weights(g, weight)),
+        None => {
+            fresh = pack_weights(g, weight);
+            &fresh[..]
+        }
+    };
     let source = PairSource::new(g, x);
     let out_ptr = SharedMut(out.as_mut_ptr());
     tasks(g, rayon::current_num_threads())
@@ -170,7 +185,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
             // SAFETY: tasks cover disjoint (image, pixel range, channel range) regions of `out`,
             // and `run_task` writes only inside its own region.
             let out_image = unsafe { out_ptr.get().add(task.image * g.out_image()) };
-            run_task(g, &source, &packed, task, out_image);
+            run_task(g, &source, packed, task, out_image);
         });
     out
 }
@@ -321,7 +336,11 @@ mod tests {
             let ws = Tensor::from_vec(wv.clone(), (cout, cin, k, k), &Device::Cpu)?;
             let g = Geometry::new(&xs, &ws, None, 1, padding)?;
             assert!(super::super::conv_gemm::reads_in_place(&g), "case {i}");
-            let got = forward(&g, &x, &wv, Some(&bias));
+            let got = forward(&g, &x, &wv, Some(&bias), None);
+            let cache = PackedWeights::default();
+            for _ in 0..2 {
+                assert!(forward(&g, &x, &wv, Some(&bias), Some(&cache)) == got);
+            }
             let want = reference(&g, &x, &wv, Some(&bias));
             let worst = got
                 .iter()

@@ -18,6 +18,7 @@
 
 use super::conv::Geometry;
 use super::kernel_io::SharedMut;
+use super::packed_weights::PackedWeights;
 use rayon::prelude::*;
 
 /// Output pixels per microkernel tile: two 16-float registers.
@@ -183,7 +184,14 @@ impl<'a> PixelSource<'a> {
 
 /// (B, C_out, H', W') = bias + conv(x, weight) for contiguous f32 slices. Call only where
 /// `supported()` and `reads_in_place(g)` hold.
-pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f32]>) -> Vec<f32> {
+/// `cache` keeps the packed weights across calls (see `packed_weights`).
+pub(super) fn forward(
+    g: &Geometry,
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    cache: Option<&PackedWeights>,
+) -> Vec<f32> {
     assert!(
         supported() && reads_in_place(g),
         "conv_gemm::forward called for {g:?}"
@@ -194,7 +202,14 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
     if pixels == 0 || g.cout == 0 || k == 0 {
         return out;
     }
-    let packed = pack_weights(weight, g.cout, k);
+    let fresh;
+    let packed = match cache {
+        Some(cache) => cache.f32(|| pack_weights(weight, g.cout, k)),
+        None => {
+            fresh = pack_weights(weight, g.cout, k);
+            &fresh[..]
+        }
+    };
     let source = PixelSource::new(g, x);
     let tasks = tasks(g, rayon::current_num_threads());
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -204,7 +219,7 @@ pub(super) fn forward(g: &Geometry, x: &[f32], weight: &[f32], bias: Option<&[f3
         // SAFETY: tasks cover disjoint (image, pixel range, channel range) regions of `out`,
         // and `run_task` writes only inside its own region.
         let out_image = unsafe { out_ptr.get().add(task.image * g.out_image()) };
-        run_task(g, &source, &packed, task, out_image);
+        run_task(g, &source, packed, task, out_image);
     });
     out
 }
@@ -407,8 +422,13 @@ pub(super) mod tests {
             );
             for bias in [Some(b.as_slice()), None] {
                 let want = direct(&g, &x, &w, bias);
-                let got = forward(&g, &x, &w, bias);
+                let got = forward(&g, &x, &w, bias, None);
                 assert_eq!(got.len(), want.len());
+                // Packed once and reused, the weights give the same output bit for bit.
+                let cache = PackedWeights::default();
+                for _ in 0..2 {
+                    assert!(forward(&g, &x, &w, bias, Some(&cache)) == got);
+                }
                 let worst = got
                     .iter()
                     .zip(&want)

@@ -23,6 +23,7 @@ mod layer_norm_kernel;
 mod linear;
 mod matmul;
 mod norm;
+mod packed_weights;
 mod precision;
 mod resample;
 mod simd;
