@@ -17,7 +17,7 @@ use super::kernel_io::{cpu_gradient, gradients_side_by_side, storage_f32};
 use super::matmul::{gemm_parallelism, matmul, threads, View};
 use super::packed_weights::PackedWeights;
 use super::precision::{float32_matmul_precision, MatmulPrecision};
-use super::{conv_bf16, conv_gemm, conv_weight_grad};
+use super::{conv_bf16, conv_gemm, conv_weight_grad, conv_winograd};
 use candle_core::backend::BackendStorage;
 use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Device, Layout, Module};
 use candle_core::{Result, Shape, Tensor};
@@ -211,6 +211,9 @@ pub(super) struct Geometry {
     pub(super) packed: bool,
     /// Forward in bf16 products (`conv_bf16`): inference under `MatmulPrecision::Bf16` only.
     pub(super) bf16: bool,
+    /// 3x3 stride-1 forwards and input gradients as Winograd F(2x2, 3x3) (`conv_winograd`)
+    /// where the CPU has AVX-512; tests turn it off to check the direct kernels.
+    pub(super) winograd: bool,
 }
 
 impl Geometry {
@@ -271,6 +274,7 @@ impl Geometry {
             small_image_pixels: SMALL_IMAGE_PIXELS,
             packed: conv_gemm::supported(),
             bf16: false,
+            winograd: conv_winograd::enabled(),
         })
     }
 
@@ -642,6 +646,9 @@ fn conv_forward(
     if g.packed && g.bf16 && conv_gemm::reads_in_place(g) {
         return conv_bf16::forward(g, x, weight, bias, packed);
     }
+    if g.packed && g.winograd && conv_winograd::applies(g) {
+        return conv_winograd::forward(g, x, weight, bias, packed);
+    }
     if g.packed && conv_gemm::reads_in_place(g) {
         return conv_gemm::forward(g, x, weight, bias, packed);
     }
@@ -694,6 +701,9 @@ fn input_gradient_as_convolution(g: &Geometry, weight: &[f32]) -> Option<(Geomet
 fn conv_backward_input(g: &Geometry, dy: &[f32], weight: &[f32]) -> Vec<f32> {
     if g.packed {
         if let Some((transposed, flipped)) = input_gradient_as_convolution(g, weight) {
+            if transposed.winograd && conv_winograd::applies(&transposed) {
+                return conv_winograd::forward(&transposed, dy, &flipped, None, None);
+            }
             if conv_gemm::reads_in_place(&transposed) {
                 return conv_gemm::forward(&transposed, dy, &flipped, None, None);
             }
@@ -1060,17 +1070,19 @@ mod tests {
 
     /// How a case runs: column block size, the image-parallel threshold, and whether the
     /// forward may take the packed AVX-512 kernel.
-    type Tuning = (usize, usize, bool);
+    /// (column block floats, small product, the AVX-512 kernels, Winograd).
+    type Tuning = (usize, usize, bool, bool);
 
     /// Runs every case with full-size and with tiny column blocks (several blocks per image),
     /// and with images in parallel and one at a time.
     fn for_each_case(mut check: impl FnMut(&Case, Tuning) -> Result<()>) -> Result<()> {
         for case in &CASES {
             for tuning in [
-                (COLUMN_BLOCK_FLOATS, 0, true),
-                (COLUMN_BLOCK_FLOATS, 0, false),
-                (1, 0, false),
-                (COLUMN_BLOCK_FLOATS, usize::MAX, false),
+                (COLUMN_BLOCK_FLOATS, 0, true, true),
+                (COLUMN_BLOCK_FLOATS, 0, true, false),
+                (COLUMN_BLOCK_FLOATS, 0, false, false),
+                (1, 0, false, false),
+                (COLUMN_BLOCK_FLOATS, usize::MAX, false, false),
             ] {
                 check(case, tuning)?;
             }
@@ -1092,7 +1104,7 @@ mod tests {
 
     fn own(
         c: &Case,
-        (block_floats, small_product, packed): Tuning,
+        (block_floats, small_product, packed, winograd): Tuning,
         xs: &Tensor,
         w: &Tensor,
         b: Option<&Tensor>,
@@ -1102,6 +1114,7 @@ mod tests {
         g.small_product = small_product;
         g.small_image_pixels = if small_product == 0 { 0 } else { usize::MAX };
         g.packed &= packed;
+        g.winograd = winograd;
         conv2d_own(xs, w, b, g, None)
     }
 
@@ -1202,12 +1215,12 @@ mod tests {
         for _ in 0..2 {
             assert_eq!(max_rel_diff(&loaded.forward(&xs)?, &want)?, 0.0);
         }
-        assert_eq!(loaded.packed.ready(), (true, false));
+        assert!(loaded.packed.kept());
 
         let trained = Var::from_tensor(&w)?;
         let layer = Conv2d::new(trained.as_tensor().clone(), Some(b.clone()), config);
         layer.forward(&xs)?;
-        assert_eq!(layer.packed.ready(), (false, false));
+        assert!(!layer.packed.kept());
         let stepped = random(&[7, 5, 3, 3], &mut rng)?;
         trained.set(&stepped)?;
         let want = conv2d(&xs, &stepped, Some(&b), 1, 1)?;
@@ -1268,7 +1281,7 @@ mod tests {
             best
         };
         println!(
-            "threads {}; ms (best of 5): AVX-512 kernels / im2col + gemm",
+            "threads {}; ms (best of 5): Winograd / AVX-512 direct kernels / im2col + gemm",
             rayon::current_num_threads()
         );
         // (cin, cout, size, k, stride, padding)
@@ -1288,9 +1301,12 @@ mod tests {
             let dy = random(&[2 * g.out_image()], &mut rng)?.to_vec1::<f32>()?;
             let mut row = format!("{cin:>4}->{cout:<4} {size:>3}px k{k} s{s}:");
             for (name, pass) in [("forward", 0), ("input grad", 1), ("weight grad", 2)] {
-                let mut ms = [0f64; 2];
-                for (slot, packed) in [(0, true), (1, false)] {
+                let mut ms = [0f64; 3];
+                for (slot, packed, winograd) in
+                    [(0, true, true), (1, true, false), (2, false, false)]
+                {
                     g.packed = packed && conv_gemm::supported();
+                    g.winograd = winograd;
                     ms[slot] = time(&mut || match pass {
                         0 => drop(conv_forward(&g, &x, &w, None, None)),
                         1 => drop(conv_backward_input(&g, &dy, &w)),
@@ -1298,7 +1314,7 @@ mod tests {
                         _ => drop(conv_backward_weight(&g, &x, &dy)),
                     });
                 }
-                row += &format!("  {name} {:.2} / {:.2}", ms[0], ms[1]);
+                row += &format!("  {name} {:.2} / {:.2} / {:.2}", ms[0], ms[1], ms[2]);
             }
             println!("{row}");
         }

@@ -27,10 +27,10 @@ pub(super) const MR: usize = 32;
 pub(super) const NR: usize = 12;
 /// Reduction (patch) entries per block: the block's packed weights for one tile (12 KB) stay in
 /// L1 while the tile sweeps the pixel block.
-const KC: usize = 256;
+pub(super) const KC: usize = 256;
 /// Output pixels per block (a multiple of MR): the input rows they read for one block of
 /// entries (a few rows of ~28 channels) stay in L2 while every channel tile passes over them.
-const MC: usize = 256;
+pub(super) const MC: usize = 256;
 
 /// Whether this CPU runs the kernel (AVX-512 F); otherwise the caller uses im2col + gemm.
 pub(super) fn supported() -> bool {
@@ -46,7 +46,7 @@ pub(super) fn supported() -> bool {
 
 /// The weights (C_out, K) packed as the microkernel reads them: for each block of KC patch
 /// entries, for each panel of NR output channels, for each entry, NR channels (zero past C_out).
-fn pack_weights(weight: &[f32], cout: usize, k: usize) -> Vec<f32> {
+pub(super) fn pack_weights(weight: &[f32], cout: usize, k: usize) -> Vec<f32> {
     let panels = cout.div_ceil(NR);
     let mut packed = vec![0f32; k * panels * NR];
     let mut at = 0;
@@ -279,7 +279,7 @@ fn run_task(g: &Geometry, source: &PixelSource, packed: &[f32], task: &Task, out
 /// # Safety
 /// The CPU has AVX-512 F; `a + offsets[kk] .. + 32` is readable for every kk < klen, and `c`
 /// addresses `rows` (at most NR) rows of 32 writable floats at stride `ldc`.
-unsafe fn tile(
+pub(super) unsafe fn tile(
     klen: usize,
     a: *const f32,
     offsets: &[usize],

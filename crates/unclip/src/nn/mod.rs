@@ -13,6 +13,7 @@ mod conv;
 mod conv_bf16;
 mod conv_gemm;
 mod conv_weight_grad;
+mod conv_winograd;
 mod embedding;
 mod fast_exp;
 mod flash_attention;

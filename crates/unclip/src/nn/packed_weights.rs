@@ -16,6 +16,7 @@ use std::sync::OnceLock;
 pub(crate) struct PackedWeights {
     f32: OnceLock<Vec<f32>>,
     bf16: OnceLock<Vec<u32>>,
+    winograd: OnceLock<Vec<f32>>,
 }
 
 impl PackedWeights {
@@ -29,10 +30,15 @@ impl PackedWeights {
         self.bf16.get_or_init(pack)
     }
 
-    /// Whether a forward has packed the weights for f32 / bf16 products.
+    /// The Winograd-transformed weights, made by `transform` the first time.
+    pub(super) fn winograd(&self, transform: impl FnOnce() -> Vec<f32>) -> &[f32] {
+        self.winograd.get_or_init(transform)
+    }
+
+    /// Whether a forward has kept a packing.
     #[cfg(test)]
-    pub(super) fn ready(&self) -> (bool, bool) {
-        (self.f32.get().is_some(), self.bf16.get().is_some())
+    pub(super) fn kept(&self) -> bool {
+        self.f32.get().is_some() || self.bf16.get().is_some() || self.winograd.get().is_some()
     }
 }
 
@@ -41,6 +47,7 @@ impl fmt::Debug for PackedWeights {
         f.debug_struct("PackedWeights")
             .field("f32", &self.f32.get().map(Vec::len))
             .field("bf16", &self.bf16.get().map(Vec::len))
+            .field("winograd", &self.winograd.get().map(Vec::len))
             .finish()
     }
 }
