@@ -675,16 +675,20 @@ fn input_gradient_as_convolution(g: &Geometry, weight: &[f32]) -> Option<(Geomet
     }
     let k = g.kh;
     let mut flipped = vec![0f32; weight.len()];
-    for co in 0..g.cout {
-        for ci in 0..g.cin {
-            for i in 0..k {
-                for j in 0..k {
-                    flipped[((ci * g.cout + co) * k + (k - 1 - i)) * k + (k - 1 - j)] =
-                        weight[((co * g.cin + ci) * k + i) * k + j];
+    // One task per input channel: its (C_out, k, k) block of the flipped kernel.
+    flipped
+        .par_chunks_mut(g.cout * k * k)
+        .enumerate()
+        .for_each(|(ci, flipped)| {
+            for co in 0..g.cout {
+                for i in 0..k {
+                    for j in 0..k {
+                        flipped[(co * k + (k - 1 - i)) * k + (k - 1 - j)] =
+                            weight[((co * g.cin + ci) * k + i) * k + j];
+                    }
                 }
             }
-        }
-    }
+        });
     let transposed = Geometry {
         cin: g.cout,
         h: g.ho,

@@ -79,32 +79,43 @@ impl Tiles {
 }
 
 /// U = G g Gᵀ for every (output, input) channel pair, as 16 matrices (C_out, C_in), each laid
-/// out as `conv_gemm::pack_weights` packs a (C_out, K) matrix for the microkernel.
+/// out as `conv_gemm::pack_weights` packs a (C_out, K) matrix for the microkernel. A trained
+/// layer pays this on every call, so both steps run on every thread and in memory order.
 fn transform_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
     let (cout, cin) = (g.cout, g.cin);
-    // (C_out, C_in, ξ) first, written in order; then each ξ's matrix packed, also in order.
-    let mut u = vec![0f32; cout * cin * POSITIONS];
-    for (kernel, u) in weight.chunks_exact(9).zip(u.chunks_exact_mut(POSITIONS)) {
-        for (i, row) in rows_g(kernel).iter().enumerate() {
-            u[i * 4..i * 4 + 4].copy_from_slice(&g_times(*row));
-        }
-    }
-    let panels = cout.div_ceil(NR);
-    let mut packed = vec![0f32; POSITIONS * cin * panels * NR];
-    let mut at = 0;
-    for xi in 0..POSITIONS {
-        for k0 in (0..cin).step_by(KC) {
-            let k1 = (k0 + KC).min(cin);
-            for panel in 0..panels {
-                for ci in k0..k1 {
-                    for j in 0..NR.min(cout - panel * NR) {
-                        packed[at + j] = u[((panel * NR + j) * cin + ci) * POSITIONS + xi];
+    // U as (C_in, ξ, C_out): each input channel's block written by one task.
+    let mut u = vec![0f32; cin * POSITIONS * cout];
+    u.par_chunks_mut(POSITIONS * cout)
+        .enumerate()
+        .for_each(|(ci, u)| {
+            for co in 0..cout {
+                let kernel = &weight[(co * cin + ci) * 9..][..9];
+                for (i, row) in rows_g(kernel).iter().enumerate() {
+                    for (j, &v) in g_times(*row).iter().enumerate() {
+                        u[(i * 4 + j) * cout + co] = v;
                     }
-                    at += NR;
                 }
             }
-        }
-    }
+        });
+    let panels = cout.div_ceil(NR);
+    let mut packed = vec![0f32; POSITIONS * cin * panels * NR];
+    packed
+        .par_chunks_mut(cin * panels * NR)
+        .enumerate()
+        .for_each(|(xi, packed)| {
+            let mut at = 0;
+            for k0 in (0..cin).step_by(KC) {
+                let k1 = (k0 + KC).min(cin);
+                for panel in 0..panels {
+                    let (co0, width) = (panel * NR, NR.min(cout - panel * NR));
+                    for ci in k0..k1 {
+                        let src = &u[(ci * POSITIONS + xi) * cout + co0..][..width];
+                        packed[at..at + width].copy_from_slice(src);
+                        at += NR;
+                    }
+                }
+            }
+        });
     packed
 }
 
