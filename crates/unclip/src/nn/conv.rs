@@ -66,6 +66,8 @@ pub struct Conv2d {
 }
 
 impl Conv2d {
+    /// An untracked `weight` (no gradient) must not change afterwards: the layer keeps its
+    /// packing for the kernels (`packed_weights`). Build a new layer after updating one in place.
     pub fn new(weight: Tensor, bias: Option<Tensor>, config: Conv2dConfig) -> Self {
         Self {
             weight,

@@ -8,7 +8,7 @@
 //! (channel, i, j) of 32 consecutive output pixels in one row is 32 consecutive floats of the
 //! zero-padded input, `offsets[entry]` further on. So the microkernel loads them straight from
 //! a padded copy of the input (the image itself for a 1x1 kernel), and only the weights are
-//! packed, once per call, shared by every image and thread. Other convolutions (strided, or
+//! packed, shared by every image and thread (once per loaded layer, see `packed_weights`). Other convolutions (strided, or
 //! rows narrower than a tile, late in the U-Net) keep im2col + `gemm`: gathering their pixels
 //! into panels for this kernel measured slower. CPUs without AVX-512 keep it for all.
 //!

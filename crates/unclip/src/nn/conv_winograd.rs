@@ -7,9 +7,10 @@
 //! 2.25x fewer. The output is cut into blocks of 2x2 tiles; for each block, on one thread, the
 //! 4x4 input tiles are transformed (V = Bᵀ d B, additions only), each of the 16 transform
 //! positions ξ is one product M_ξ (C_out x tiles) = U_ξ (C_out x C_in) · V_ξ (C_in x tiles) on
-//! `conv_gemm`'s microkernel, and the tiles are transformed back (Y = Aᵀ M A). A block's V and M
-//! stay in L2: transforming the whole image first and multiplying after spent more time moving
-//! V and M through memory than the products saved. The weights' transform (U = G g Gᵀ) is kept
+//! `conv_gemm`'s microkernel, and the tiles are transformed back (Y = Aᵀ M A). Blocks are sized
+//! for L2 (up to ~128 channels; wider layers take the 32-tile minimum): transforming the whole
+//! image first and multiplying after spent more time moving V and M through memory than the
+//! products saved. The weights' transform (U = G g Gᵀ) is kept
 //! with a loaded layer's packed weights (`packed_weights`). Measured per convolution (batch 2,
 //! 1 thread, against the direct kernel): 64 px 64 channels 2.1x faster, 32 px 128 channels
 //! 1.6x, 16 px 192 channels 1.5x, forward and input gradient alike (the input gradient of a 3x3
@@ -54,9 +55,14 @@ struct Tiles {
     block: usize,
 }
 
-/// Bytes of one block's transformed input, V (16, C_in, tiles), kept in L2 while its 16
-/// products run.
+/// Bytes of one block's V (16, C_in, tiles) or M (16, C_out, tiles), the larger, meant to stay
+/// in L2 while its 16 products run (wider layers than ~128 channels exceed it at the minimum
+/// block of 32 tiles).
 const BLOCK_BYTES: usize = 256 << 10;
+
+/// Floats readable past the end of a padded input row: a 16-tile group reads 32 columns from
+/// its start and 32 from two columns on, whatever its length.
+const ROW_SLACK: usize = 32;
 
 impl Tiles {
     fn of(g: &Geometry) -> Self {
@@ -90,7 +96,7 @@ fn transform_weights(g: &Geometry, weight: &[f32]) -> Vec<f32> {
         .for_each(|(ci, u)| {
             for co in 0..cout {
                 let kernel = &weight[(co * cin + ci) * 9..][..9];
-                for (i, row) in rows_g(kernel).iter().enumerate() {
+                for (i, row) in g_times_kernel(kernel).iter().enumerate() {
                     for (j, &v) in g_times(*row).iter().enumerate() {
                         u[(i * 4 + j) * cout + co] = v;
                     }
@@ -124,8 +130,8 @@ fn g_times([a, b, c]: [f32; 3]) -> [f32; 4] {
     [a, 0.5 * (a + b + c), 0.5 * (a - b + c), c]
 }
 
-/// The rows of G · w for a 3x3 kernel w (row-major).
-fn rows_g(w: &[f32]) -> [[f32; 3]; 4] {
+/// G · w (4 x 3) for a 3x3 kernel w (row-major).
+fn g_times_kernel(w: &[f32]) -> [[f32; 3]; 4] {
     let mut out = [[0f32; 3]; 4];
     for j in 0..3 {
         let col = g_times([w[j], w[3 + j], w[6 + j]]);
@@ -146,13 +152,10 @@ pub(super) fn forward(
     cache: Option<&PackedWeights>,
 ) -> Vec<f32> {
     assert!(applies(g), "conv_winograd::forward called for {g:?}");
-    let mut out = vec![0f32; g.batch * g.out_image()];
-    if out.is_empty() {
-        return out;
-    }
-    if g.cin == 0 {
+    if g.batch * g.out_image() == 0 || g.cin == 0 {
         return output_with_bias(g, bias);
     }
+    let mut out = vec![0f32; g.batch * g.out_image()];
     let fresh;
     let packed = match cache {
         Some(cache) => cache.winograd(|| transform_weights(g, weight)),
@@ -175,7 +178,7 @@ pub(super) fn forward(
             BLOCK_SCRATCH.with_borrow_mut(|scratch| {
                 let (v, m) = scratch.sized(g, tiles);
                 transform_input(g, x, tiles, first, len, v);
-                multiply(g, v, packed, tiles, m);
+                multiply(g, v, packed, tiles, len, m);
                 // SAFETY: this task writes only the output pixels of its own tiles of `image`.
                 unsafe {
                     let out = out_ptr.get().add(image * g.out_image());
@@ -219,7 +222,7 @@ thread_local! {
 fn transform_input(g: &Geometry, x: &[f32], tiles: Tiles, first: usize, len: usize, v: &mut [f32]) {
     let ld = tiles.ld();
     // Each padded input row, with room for the 16-tile groups' reads past its end.
-    let width = 2 * tiles.cols + 2 + 48;
+    let width = 2 * tiles.cols + 2 + ROW_SLACK;
     let mut rows = vec![0f32; 4 * width];
     for ci in 0..g.cin {
         let plane = &x[ci * g.h * g.w..(ci + 1) * g.h * g.w];
@@ -228,14 +231,13 @@ fn transform_input(g: &Geometry, x: &[f32], tiles: Tiles, first: usize, len: usi
                 let row = &mut rows[r * width..(r + 1) * width];
                 row.fill(0.0);
                 if let Some(i) = (2 * ty + r).checked_sub(g.padding).filter(|&i| i < g.h) {
-                    // Padded column c is input column c - padding; the row may be cut short
-                    // where the output is narrower than the padded input.
-                    let n = g.w.min(width - g.padding);
-                    row[g.padding..g.padding + n].copy_from_slice(&plane[i * g.w..i * g.w + n]);
+                    // Padded column c is input column c - padding (the padded row, w + 2p =
+                    // W' + 2 = 2 · cols + 2 floats, fits in front of the slack).
+                    row[g.padding..g.padding + g.w].copy_from_slice(&plane[i * g.w..(i + 1) * g.w]);
                 }
             }
-            // SAFETY: `applies` checked AVX-512 F; each row holds 2 · tx1 + 2 + 32 floats and
-            // V's rows `ld` >= at + (tx1 - tx0) rounded up to 16.
+            // SAFETY: `applies` checked AVX-512 F; each row holds 2 · cols + 2 + ROW_SLACK
+            // floats; the writes are masked to tiles at..at + (tx1 - tx0) of V's rows.
             unsafe {
                 let out = v.as_mut_ptr().add(ci * ld + at);
                 transform_tile_row(&rows, width, (tx0, tx1), out, g.cin * ld)
@@ -243,7 +245,7 @@ fn transform_input(g: &Geometry, x: &[f32], tiles: Tiles, first: usize, len: usi
         });
         for xi in 0..POSITIONS {
             let row = (xi * g.cin + ci) * ld;
-            v[row + len..row + tiles.block].fill(0.0);
+            v[row + len..row + len.next_multiple_of(MR)].fill(0.0);
         }
     }
 }
@@ -335,8 +337,9 @@ unsafe fn transform_tile_row(_: &[f32], _: usize, _: (usize, usize), _: *mut f32
     unreachable!("conv_winograd runs only where AVX-512 is")
 }
 
-/// M (ξ, C_out, tile) = U_ξ · V_ξ for the block's 16 positions.
-fn multiply(g: &Geometry, v: &[f32], packed: &[f32], tiles: Tiles, m: &mut [f32]) {
+/// M (ξ, C_out, tile) = U_ξ · V_ξ for the block's 16 positions, over its first `len` tiles
+/// rounded up to a microkernel tile.
+fn multiply(g: &Geometry, v: &[f32], packed: &[f32], tiles: Tiles, len: usize, m: &mut [f32]) {
     let ld = tiles.ld();
     let panels = g.cout.div_ceil(NR);
     let per_xi = g.cin * panels * NR;
@@ -353,11 +356,11 @@ fn multiply(g: &Geometry, v: &[f32], packed: &[f32], tiles: Tiles, m: &mut [f32]
                 let b = &u_block[panel * klen * NR..(panel + 1) * klen * NR];
                 let co0 = panel * NR;
                 let rows = NR.min(g.cout - co0);
-                for t in (0..tiles.block).step_by(MR) {
+                for t in (0..len.next_multiple_of(MR)).step_by(MR) {
                     let a = v_xi[k0 * ld + t..].as_ptr();
                     // SAFETY: the tile reads a + kk · ld .. + 32 for kk < klen, inside V_ξ
-                    // (t + 32 <= block < ld), and writes rows co0..co0 + rows of tiles
-                    // t..t + 32 of M_ξ.
+                    // (t + 32 <= block < ld; tiles len.. are zero), and writes rows
+                    // co0..co0 + rows of tiles t..t + 32 of M_ξ.
                     unsafe {
                         let c = m_xi[co0 * ld + t..].as_mut_ptr();
                         tile(klen, a, &offsets[..klen], b, c, ld, rows);
@@ -489,8 +492,9 @@ mod tests {
             return Ok(());
         }
         // (batch, cin, h, w, cout, padding): partial channel panels, a reduction longer than one
-        // KC block, tiles that fill no whole microkernel tile (8 px), non-square images, padding
-        // 0 and 2, one channel each way.
+        // KC block, blocks and tile rows that end part-way through a microkernel tile or a
+        // 16-tile group (27 tiles a row: 16 + 11), non-square images, padding 0 and 2, one
+        // channel each way.
         let cases = [
             (2, 5, 8, 16, 13, 1),
             (1, 300, 12, 12, 25, 2),
@@ -499,6 +503,7 @@ mod tests {
             (1, 4, 64, 64, 3, 1),
             (1, 6, 18, 10, 5, 0),
             (3, 1, 64, 2, 1, 1),
+            (1, 3, 8, 54, 5, 1),
         ];
         for (batch, cin, h, w, cout, padding) in cases {
             let dev = Device::Cpu;
