@@ -12,6 +12,12 @@
 //! buffers reused across calls. Images run one at a time, each gemm and im2col split across the
 //! threads; only tiny products run whole images in parallel. Other dtypes and devices use
 //! candle's convolution.
+//!
+//! On AVX-512 CPUs faster kernels take what they cover, first match wins (`conv_forward`):
+//! bf16 products for inference under `MatmulPrecision::Bf16` (`conv_bf16`), Winograd F(2x2, 3x3)
+//! for 3x3 stride-1 convolutions (`conv_winograd`, also the input gradient), and the direct
+//! kernel for stride-1 convolutions with whole 32-pixel rows (`conv_gemm`); im2col + gemm does
+//! the rest. A loaded layer keeps each kernel's packing of its weights (`packed_weights`).
 
 use super::kernel_io::{cpu_gradient, gradients_side_by_side, storage_f32};
 use super::matmul::{gemm_parallelism, matmul, threads, View};
