@@ -168,14 +168,8 @@ pub(super) fn forward(
     if pixels == 0 || g.cout == 0 || g.cin == 0 {
         return out;
     }
-    let fresh;
-    let packed = match cache {
-        Some(cache) => cache.bf16(|| pack_weights(g, weight)),
-        None => {
-            fresh = pack_weights(g, weight);
-            &fresh[..]
-        }
-    };
+    let packed = PackedWeights::bf16(cache, || pack_weights(g, weight));
+    let packed = &packed[..];
     let source = PairSource::new(g, x);
     let out_ptr = SharedMut(out.as_mut_ptr());
     tasks(g, rayon::current_num_threads())

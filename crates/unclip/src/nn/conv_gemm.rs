@@ -202,14 +202,8 @@ pub(super) fn forward(
     if pixels == 0 || g.cout == 0 || k == 0 {
         return out;
     }
-    let fresh;
-    let packed = match cache {
-        Some(cache) => cache.f32(|| pack_weights(weight, g.cout, k)),
-        None => {
-            fresh = pack_weights(weight, g.cout, k);
-            &fresh[..]
-        }
-    };
+    let packed = PackedWeights::f32(cache, || pack_weights(weight, g.cout, k));
+    let packed = &packed[..];
     let source = PixelSource::new(g, x);
     let tasks = tasks(g, rayon::current_num_threads());
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -381,7 +375,8 @@ pub(super) mod tests {
         out
     }
 
-    fn values(n: usize, seed: u32) -> Vec<f32> {
+    /// n deterministic values in [-1, 1] (`seed` shifts the sequence).
+    pub(in crate::nn) fn values(n: usize, seed: u32) -> Vec<f32> {
         (0..n)
             .map(|i| {
                 let v = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;

@@ -222,6 +222,7 @@ unsafe fn tile_avx512(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::nn::conv_gemm::tests::values;
     use candle_core::{Device, Tensor};
 
     /// The definition: dW[co][ci][i][j] = Σ_n Σ_(r,c) dY[n][co][r][c] · x[n][ci][r·s+i-p][c·s+j-p].
@@ -254,15 +255,6 @@ mod tests {
             }
         }
         dw
-    }
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let v = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
-                (v % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
     }
 
     #[test]

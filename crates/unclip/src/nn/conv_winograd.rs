@@ -156,14 +156,8 @@ pub(super) fn forward(
         return output_with_bias(g, bias);
     }
     let mut out = vec![0f32; g.batch * g.out_image()];
-    let fresh;
-    let packed = match cache {
-        Some(cache) => cache.winograd(|| transform_weights(g, weight)),
-        None => {
-            fresh = transform_weights(g, weight);
-            &fresh[..]
-        }
-    };
+    let packed = PackedWeights::winograd(cache, || transform_weights(g, weight));
+    let packed = &packed[..];
     let tiles = Tiles::of(g);
     let blocks = tiles.count().div_ceil(tiles.block);
     let out_ptr = SharedMut(out.as_mut_ptr());
@@ -473,17 +467,8 @@ unsafe fn transform_back_row(_: *const f32, _: usize, _: f32, _: usize, _: *mut 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::nn::conv_gemm::tests::direct;
+    use crate::nn::conv_gemm::tests::{direct, values};
     use candle_core::{Device, Tensor};
-
-    fn values(n: usize, seed: u32) -> Vec<f32> {
-        (0..n)
-            .map(|i| {
-                let v = (i as u32).wrapping_mul(2_654_435_761).wrapping_add(seed) >> 8;
-                (v % 2001) as f32 / 1000.0 - 1.0
-            })
-            .collect()
-    }
 
     #[test]
     fn matches_the_definition() -> candle_core::Result<()> {

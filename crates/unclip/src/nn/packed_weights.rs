@@ -12,6 +12,7 @@
 //! forward uses it: the f32 one as large as the layer's weights (channels padded to the tile),
 //! the bf16 one half of that, the Winograd one 16/9 of it.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -24,26 +25,22 @@ pub(crate) struct PackedWeights {
 }
 
 impl PackedWeights {
-    /// The f32 packing, made by `pack` the first time.
-    pub(super) fn f32(&self, pack: impl FnOnce() -> Vec<f32>) -> &[f32] {
-        self.f32.get_or_init(pack)
+    /// The f32 packing (`conv_gemm`): the layer's kept one, or made by `pack` for this call only.
+    pub(super) fn f32(cache: Option<&Self>, pack: impl FnOnce() -> Vec<f32>) -> Cow<'_, [f32]> {
+        kept_or_made(cache.map(|c| &c.f32), pack)
     }
 
-    /// The bf16 packing, made by `pack` the first time.
-    pub(super) fn bf16(&self, pack: impl FnOnce() -> Vec<u32>) -> &[u32] {
-        self.bf16.get_or_init(pack)
+    /// The bf16 packing (`conv_bf16`), as `f32`.
+    pub(super) fn bf16(cache: Option<&Self>, pack: impl FnOnce() -> Vec<u32>) -> Cow<'_, [u32]> {
+        kept_or_made(cache.map(|c| &c.bf16), pack)
     }
 
-    /// The Winograd-transformed weights, made by `transform` the first time. The transform runs
-    /// outside the lock: it uses the thread pool, whose threads may meanwhile pick up another
-    /// forward of this layer, which must not wait on a lock its own thread holds. Two racing
-    /// first calls both transform; one result is kept.
-    pub(super) fn winograd(&self, transform: impl FnOnce() -> Vec<f32>) -> &[f32] {
-        if let Some(done) = self.winograd.get() {
-            return done;
-        }
-        let made = transform();
-        self.winograd.get_or_init(|| made)
+    /// The Winograd-transformed weights (`conv_winograd`), as `f32`.
+    pub(super) fn winograd(
+        cache: Option<&Self>,
+        transform: impl FnOnce() -> Vec<f32>,
+    ) -> Cow<'_, [f32]> {
+        kept_or_made(cache.map(|c| &c.winograd), transform)
     }
 
     /// Whether a forward has kept a packing.
@@ -51,6 +48,24 @@ impl PackedWeights {
     pub(super) fn kept(&self) -> bool {
         self.f32.get().is_some() || self.bf16.get().is_some() || self.winograd.get().is_some()
     }
+}
+
+/// The value kept in `slot`, made by `make` (and kept) on first use; without a slot, made for
+/// this call. `make` runs outside the lock: a packing may use the thread pool, whose threads
+/// may meanwhile pick up another forward of this layer, which must not wait on a lock its own
+/// thread holds. Two racing first calls both make one; one result is kept.
+fn kept_or_made<T: Clone>(
+    slot: Option<&OnceLock<Vec<T>>>,
+    make: impl FnOnce() -> Vec<T>,
+) -> Cow<'_, [T]> {
+    let Some(slot) = slot else {
+        return Cow::Owned(make());
+    };
+    if let Some(kept) = slot.get() {
+        return Cow::Borrowed(kept);
+    }
+    let made = make();
+    Cow::Borrowed(slot.get_or_init(|| made))
 }
 
 impl fmt::Debug for PackedWeights {
