@@ -25,7 +25,8 @@ pub struct StageArgs {
     pub val_data: Option<String>,
     #[arg(long)]
     pub out: PathBuf,
-    /// The CLIP model whose embeddings condition the prior and the decoder.
+    /// The CLIP model whose embeddings condition the prior and the decoder: a CLIPModel folder,
+    /// or a pipeline folder (whose text and image encoders are used).
     #[arg(long)]
     pub clip: Option<PathBuf>,
     #[arg(long, default_value = "tiny", value_parser = ["tiny", "small", "medium"], conflicts_with = "config")]
@@ -56,6 +57,11 @@ pub struct StageArgs {
     /// Continue from the newest checkpoint in OUT (optimizer, EMA, step, RNG, data position).
     #[arg(long)]
     pub resume: bool,
+    /// Fine-tune: start from the weights of a model folder of this stage (a training run's
+    /// output, one of its checkpoints, or a pipeline folder) instead of a fresh initialisation.
+    /// The recipe must describe the same network; optimizer, EMA and schedule start anew.
+    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// Stop (with a checkpoint) at this step, keeping --max-steps for the learning-rate schedule;
     /// continue later with --resume.
     #[arg(long)]
@@ -115,7 +121,7 @@ fn settings(train: &mut TrainSettings, args: &StageArgs) {
 
 fn clip(args: &StageArgs, stage: &str) -> Result<FrozenClip> {
     let Some(dir) = &args.clip else {
-        bail!("training the {stage} needs --clip DIR (a CLIPModel folder)")
+        bail!("training the {stage} needs --clip DIR (a CLIPModel folder, or a pipeline folder)")
     };
     Ok(FrozenClip::load(dir, &Device::Cpu)?)
 }
@@ -133,6 +139,7 @@ fn run(stage: &dyn TrainStage, train: &TrainSettings, args: &StageArgs) -> Resul
         resume: args.resume,
         workers: args.workers,
         stop_at: args.stop_at,
+        init_from: args.init_from.clone(),
     };
     let bar = progress::bar(args.max_steps as u64, &format!("train {}", stage.name()));
     let summary = run_training(stage, train, &opts, &mut |s| {

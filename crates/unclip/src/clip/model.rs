@@ -184,6 +184,43 @@ impl ClipModel {
         Ok(model)
     }
 
+    /// Joins a text tower and an image tower that were trained together (a pipeline's
+    /// `text_encoder/` and `image_encoder/`) into one model with both. It has no logit_scale:
+    /// the pipeline does not store one, so contrastive logits are not available from it.
+    pub fn from_towers(text: ClipModel, vision: ClipModel) -> Result<Self> {
+        let (Some(text_model), Some(text_projection)) = (text.text_model, text.text_projection)
+        else {
+            return Err(Error::InvalidInput(
+                "the text tower needs its text_projection (a CLIPTextModelWithProjection)".into(),
+            ));
+        };
+        let (Some(vision_model), Some(visual_projection)) =
+            (vision.vision_model, vision.visual_projection)
+        else {
+            return Err(Error::InvalidInput(
+                "the image tower needs its visual_projection (a CLIPVisionModelWithProjection)"
+                    .into(),
+            ));
+        };
+        let (text_config, vision_config) = (text.config.text_config, vision.config.vision_config);
+        if text_config.projection_dim != vision_config.projection_dim {
+            return Err(Error::InvalidInput(format!(
+                "the towers project to different widths: text {}, image {}",
+                text_config.projection_dim, vision_config.projection_dim
+            )));
+        }
+        let projection_dim = text_config.projection_dim;
+        Ok(Self {
+            text_model: Some(text_model),
+            text_projection: Some(text_projection),
+            vision_model: Some(vision_model),
+            visual_projection: Some(visual_projection),
+            logit_scale: None,
+            config: ClipConfig::new(text_config, vision_config, projection_dim),
+            layout: ClipLayout::Full,
+        })
+    }
+
     pub fn config(&self) -> &ClipConfig {
         &self.config
     }

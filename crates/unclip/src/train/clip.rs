@@ -145,6 +145,12 @@ impl TrainStage for ClipStage {
         Ok(self.logit_scale.set(&clamped)?)
     }
 
+    fn init_from(&self, dir: &Path) -> Result<()> {
+        self.params
+            .load_folder("", dir, &["model.safetensors"], &[])?;
+        Ok(())
+    }
+
     fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()> {
         save_clip(dir, &self.config, weights, ClipLayout::Full)?;
         self.tokenizer.save(dir)?;

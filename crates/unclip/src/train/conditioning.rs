@@ -29,8 +29,25 @@ pub struct FrozenClip {
 }
 
 impl FrozenClip {
+    /// Loads a CLIPModel folder, or the CLIP of a pipeline folder (its `text_encoder/`,
+    /// `image_encoder/`, `tokenizer/` and `feature_extractor/`), so that a stage can be trained
+    /// or fine-tuned against the CLIP an existing model already uses.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let model = ClipModel::load(dir, device)?;
+        let pipeline = !dir.join("config.json").is_file()
+            && dir.join("text_encoder").is_dir()
+            && dir.join("image_encoder").is_dir();
+        let (model, tokenizer_dir, processor_dir) = if pipeline {
+            let text = ClipModel::load(&dir.join("text_encoder"), device)?;
+            let vision = ClipModel::load(&dir.join("image_encoder"), device)?;
+            let model = ClipModel::from_towers(text, vision).map_err(|e| Error::Checkpoint {
+                path: dir.to_path_buf(),
+                message: e.to_string(),
+            })?;
+            (model, dir.join("tokenizer"), dir.join("feature_extractor"))
+        } else {
+            let model = ClipModel::load(dir, device)?;
+            (model, dir.to_path_buf(), dir.to_path_buf())
+        };
         if !model.has_text() || !model.has_vision() {
             return Err(Error::Checkpoint {
                 path: dir.to_path_buf(),
@@ -51,10 +68,10 @@ impl FrozenClip {
                 ),
             });
         }
-        let tokenizer =
-            ClipTokenizer::load(dir)?.with_context_length(text.max_position_embeddings)?;
+        let tokenizer = ClipTokenizer::load(&tokenizer_dir)?
+            .with_context_length(text.max_position_embeddings)?;
         let image_size = model.vision_config()?.image_size;
-        let processor = ClipImageProcessor::load_or_default(dir, image_size)?;
+        let processor = ClipImageProcessor::load_or_default(&processor_dir, image_size)?;
         let mean = Tensor::new(&processor.image_mean, device)?.reshape((1, 3, 1, 1))?;
         let std = Tensor::new(&processor.image_std, device)?.reshape((1, 3, 1, 1))?;
         Ok(Self {

@@ -225,6 +225,22 @@ impl TrainStage for DecoderStage {
         }
     }
 
+    fn init_from(&self, dir: &Path) -> Result<()> {
+        self.params.load_folder(
+            "decoder.",
+            &dir.join("decoder"),
+            &["diffusion_pytorch_model.safetensors"],
+            &[],
+        )?;
+        self.params.load_folder(
+            "text_proj.",
+            &dir.join("text_proj"),
+            &["diffusion_pytorch_model.safetensors"],
+            &[],
+        )?;
+        Ok(())
+    }
+
     fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()> {
         UNet2DConditionModel::save(
             &dir.join("decoder"),

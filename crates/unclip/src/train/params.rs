@@ -3,7 +3,7 @@
 //! seeded; here a parameter's initial value depends only on the run seed and its name, so a
 //! run is reproducible and independent of construction order.
 
-use crate::checkpoint::Weights;
+use crate::checkpoint::{find_weights_file, Weights};
 use crate::error::{Error, Result};
 use candle_core::{DType, Device, Shape, Tensor, Var};
 use candle_nn::init::{FanInOut, NormalOrUniform};
@@ -13,6 +13,7 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Normal, Uniform};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 #[derive(Clone)]
@@ -107,6 +108,53 @@ impl ParamStore {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// Overwrites the parameters named `prefix` + a tensor name of `weights` with that tensor
+    /// (converted to f32), skipping the names in `keep`; every parameter under `prefix` must be
+    /// found. Returns how many were loaded. This is how a run starts from trained weights.
+    pub fn load_prefixed(
+        &self,
+        prefix: &str,
+        weights: &Arc<Weights>,
+        keep: &[&str],
+    ) -> Result<usize> {
+        let vb = weights.var_builder(DType::F32, &Device::Cpu);
+        let mut loaded = 0;
+        for (name, var) in self.lock().iter() {
+            let Some(inner) = name.strip_prefix(prefix) else {
+                continue;
+            };
+            if keep.contains(&name.as_str()) {
+                continue;
+            }
+            if !weights.contains(inner) {
+                return Err(Error::TensorMissing {
+                    path: weights.source().to_path_buf(),
+                    name: inner.to_string(),
+                });
+            }
+            let value = vb
+                .get(var.shape(), inner)
+                .map_err(|e| weights.explain(e))?
+                .to_device(var.device())?;
+            var.set(&value)?;
+            loaded += 1;
+        }
+        Ok(loaded)
+    }
+
+    /// Loads `folder`'s weights file (one of `files`) into the parameters under `prefix`, as
+    /// [`Self::load_prefixed`] does.
+    pub fn load_folder(
+        &self,
+        prefix: &str,
+        folder: &Path,
+        files: &[&str],
+        keep: &[&str],
+    ) -> Result<usize> {
+        let weights = Weights::load(&find_weights_file(folder, files)?, &Device::Cpu)?;
+        self.load_prefixed(prefix, &weights, keep)
     }
 
     /// Overwrites every parameter with the checkpoint's tensor of the same name.

@@ -214,6 +214,18 @@ impl TrainStage for PriorStage {
         Ok((predicted - x0)?.sqr()?.mean(D::Minus1)?.mean_all()?)
     }
 
+    fn init_from(&self, dir: &Path) -> Result<()> {
+        // The normalisation statistics stay those of this run's data: the loss and the saved
+        // model must agree on them.
+        self.params.load_folder(
+            "",
+            &dir.join("prior"),
+            &["diffusion_pytorch_model.safetensors"],
+            &["clip_mean", "clip_std"],
+        )?;
+        Ok(())
+    }
+
     fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()> {
         PriorTransformer::save(&dir.join("prior"), &self.config, weights)?;
         write_config(

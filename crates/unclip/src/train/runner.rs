@@ -46,6 +46,11 @@ pub trait TrainStage {
     fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()>;
     /// Writes a preview PNG of what the model (with `weights` loaded) makes of `batch`.
     fn preview(&self, path: &Path, weights: &[(String, Tensor)], batch: &Batch) -> Result<()>;
+    /// Replaces the freshly initialised weights with those of a model folder in the layout
+    /// `save_model` writes (a training run's output or checkpoint, or a pipeline folder), so that
+    /// a run fine-tunes instead of starting from scratch. The folder's configuration must match
+    /// the recipe's: a tensor of another shape is an error naming it.
+    fn init_from(&self, dir: &Path) -> Result<()>;
     /// Runs after every optimizer step (CLIP clamps its temperature here).
     fn after_step(&self) -> Result<()> {
         Ok(())
@@ -110,6 +115,9 @@ pub struct RunOptions {
     /// End the run at this step (with a checkpoint) while keeping `max_steps` for the learning
     /// rate schedule: a time-boxed session of a longer run, continued later with `--resume`.
     pub stop_at: Option<usize>,
+    /// Start from these weights (a model folder, see [`TrainStage::init_from`]) instead of a
+    /// fresh initialisation; the optimizer, EMA and schedule start anew.
+    pub init_from: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -233,6 +241,15 @@ pub fn run_training(
     let device = Device::Cpu;
     let source = DataSource::open(&opts.data)?;
     let val_source = opts.val_data.as_deref().map(DataSource::open).transpose()?;
+    if let Some(dir) = &opts.init_from {
+        if opts.resume {
+            return Err(Error::InvalidInput(
+                "--init-from starts a new run and --resume continues one: pass only one".into(),
+            ));
+        }
+        stage.init_from(dir)?;
+        tracing::info!(from = %dir.display(), "starting from trained weights");
+    }
     let params = stage.params().vars();
     let print = fingerprint(&params);
     let mut optimizer = AdamW::new(

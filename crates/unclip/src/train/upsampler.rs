@@ -180,6 +180,16 @@ impl TrainStage for UpsamplerStage {
         )
     }
 
+    fn init_from(&self, dir: &Path) -> Result<()> {
+        self.params.load_folder(
+            "",
+            &dir.join("super_res_first"),
+            &["diffusion_pytorch_model.safetensors"],
+            &[],
+        )?;
+        Ok(())
+    }
+
     fn save_model(&self, dir: &Path, weights: &[(String, Tensor)]) -> Result<()> {
         // One network serves both of the pipeline's slots (Karlo trains two; the last step's
         // specialist is an optimisation this recipe does not make).

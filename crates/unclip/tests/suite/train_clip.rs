@@ -27,6 +27,7 @@ fn tiny_clip_learns_colors_and_saves_a_loadable_folder() {
         resume: false,
         workers: 2,
         stop_at: None,
+        init_from: None,
     };
     let mut losses = Vec::new();
     let summary = run_training(&stage, &recipe.train, &opts, &mut |r| losses.push(r.loss)).unwrap();

@@ -85,6 +85,7 @@ fn options(data: &Path, out: &Path, steps: usize) -> RunOptions {
         resume: false,
         workers: 2,
         stop_at: None,
+        init_from: None,
     }
 }
 
@@ -397,4 +398,107 @@ fn trained_parts_assemble_into_a_pipeline_that_generates_and_varies() {
         "f16 storage moved {moved_fraction} of the pixels"
     );
     assert!(unclip::checkpoint::parse_storage_dtype("f8").is_err());
+}
+
+/// The largest absolute difference between two sets of named tensors (same names, same order).
+fn max_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f32 {
+    a.iter()
+        .zip(b)
+        .map(|((na, ta), (nb, tb))| {
+            assert_eq!(na, nb);
+            (ta - tb)
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn stages_fine_tune_from_trained_folders_and_refuse_other_architectures() {
+    let data = dataset("init-from", 24);
+    let root = data.parent().unwrap().to_path_buf();
+    let settings = serde_json::from_value(train_json()).unwrap();
+    let trained = DecoderStage::new(&decoder_recipe(), clip(), 1).unwrap();
+    run_training(
+        &trained,
+        &settings,
+        &options(&data, &root.join("decoder"), 4),
+        &mut |_| {},
+    )
+    .unwrap();
+    let upsampler = UpsamplerStage::new(&upsampler_recipe(), 1).unwrap();
+    run_training(
+        &upsampler,
+        &settings,
+        &options(&data, &root.join("upsampler"), 2),
+        &mut |_| {},
+    )
+    .unwrap();
+
+    // Another seed draws other weights; init_from replaces them with the saved (EMA) ones.
+    let fresh = DecoderStage::new(&decoder_recipe(), clip(), 2).unwrap();
+    let saved = DecoderStage::new(&decoder_recipe(), clip(), 3).unwrap();
+    saved.init_from(&root.join("decoder")).unwrap();
+    assert!(max_difference(&fresh.params().tensors(), &saved.params().tensors()) > 0.0);
+    fresh.init_from(&root.join("decoder")).unwrap();
+    assert_eq!(
+        max_difference(&fresh.params().tensors(), &saved.params().tensors()),
+        0.0
+    );
+    // A pipeline folder holds the same subfolders, so a run can start from a whole model.
+    let pipeline = root.join("pipeline");
+    assemble(
+        &PipelineParts {
+            clip: &clip_dir(),
+            prior: None,
+            decoder: &root.join("decoder"),
+            upsampler: Some(&root.join("upsampler")),
+        },
+        &pipeline,
+    )
+    .unwrap();
+    let from_pipeline = DecoderStage::new(&decoder_recipe(), clip(), 4).unwrap();
+    from_pipeline.init_from(&pipeline).unwrap();
+    assert_eq!(
+        max_difference(&from_pipeline.params().tensors(), &saved.params().tensors()),
+        0.0
+    );
+    let up = UpsamplerStage::new(&upsampler_recipe(), 5).unwrap();
+    up.init_from(&pipeline).unwrap();
+
+    // The fine-tuning run starts at step 0 from those weights and trains on.
+    let mut opts = options(&data, &root.join("fine-tuned"), 2);
+    opts.init_from = Some(pipeline.clone());
+    let tuned = DecoderStage::new(&decoder_recipe(), clip(), 6).unwrap();
+    let summary = run_training(&tuned, &settings, &opts, &mut |_| {}).unwrap();
+    assert_eq!((summary.first_step, summary.steps), (0, 2));
+    // Resuming and starting from weights are two different runs.
+    opts.resume = true;
+    let err = run_training(&tuned, &settings, &opts, &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--init-from") && err.contains("--resume"),
+        "{err}"
+    );
+
+    // Another architecture is refused with the tensor's name.
+    let mut wider = decoder_recipe();
+    wider.unet.block_out_channels = vec![8, 24];
+    let other = DecoderStage::new(&wider, clip(), 7).unwrap();
+    let err = other
+        .init_from(&root.join("decoder"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("shape") || err.contains("mismatch"), "{err}");
+    // A folder without the stage's weights names what it looked for.
+    let err = other.init_from(&data).unwrap_err().to_string();
+    assert!(err.contains("decoder"), "{err}");
 }
