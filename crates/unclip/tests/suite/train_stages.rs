@@ -3,7 +3,7 @@
 //! an uninterrupted run, a checkpoint of another architecture is refused, and the trained parts
 //! assemble into a pipeline that generates and varies images.
 
-use crate::common::{oracle_dir, scratch_dir};
+use crate::common::{max_abs_diff, oracle_dir, scratch_dir};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -406,16 +406,7 @@ fn max_difference(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f32 {
         .zip(b)
         .map(|((na, ta), (nb, tb))| {
             assert_eq!(na, nb);
-            (ta - tb)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
+            max_abs_diff(ta, tb)
         })
         .fold(0.0, f32::max)
 }
