@@ -7,6 +7,7 @@ use clap::Args;
 use std::path::PathBuf;
 use unclip::checkpoint::{cast_folder_weights, parse_storage_dtype};
 use unclip::data::DataSource;
+use unclip::device::parse_device;
 use unclip::pipeline::{assemble, PipelineParts};
 use unclip::train::{
     build_embedding_cache, load_recipe, run_training, ClipRecipe, ClipStage, DecoderRecipe,
@@ -72,6 +73,9 @@ pub struct StageArgs {
     /// Image decoding threads.
     #[arg(long, default_value_t = 2)]
     pub workers: usize,
+    /// Where to train: cpu, or cuda / cuda:N in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args)]
@@ -123,7 +127,7 @@ fn clip(args: &StageArgs, stage: &str) -> Result<FrozenClip> {
     let Some(dir) = &args.clip else {
         bail!("training the {stage} needs --clip DIR (a CLIPModel folder, or a pipeline folder)")
     };
-    Ok(FrozenClip::load(dir, &Device::Cpu)?)
+    Ok(FrozenClip::load(dir, &parse_device(&args.device)?)?)
 }
 
 fn run(stage: &dyn TrainStage, train: &TrainSettings, args: &StageArgs) -> Result<()> {
@@ -184,6 +188,7 @@ pub fn clip_command(args: crate::cli::TrainClipArgs) -> Result<()> {
         &stage_args.data,
         args.tokenizer.as_deref(),
         stage_args.seed,
+        &parse_device(&stage_args.device)?,
     )?;
     run(&stage, &recipe.train, &stage_args)
 }
@@ -230,7 +235,7 @@ pub fn upsampler(args: StageArgs) -> Result<()> {
     let mut recipe: UpsamplerRecipe =
         load_recipe("upsampler", &args.preset, args.config.as_deref())?;
     settings(&mut recipe.train, &args);
-    let stage = UpsamplerStage::new(&recipe, args.seed)?;
+    let stage = UpsamplerStage::new(&recipe, args.seed, &parse_device(&args.device)?)?;
     run(&stage, &recipe.train, &args)
 }
 

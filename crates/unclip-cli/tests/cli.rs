@@ -237,6 +237,37 @@ fn training_on_a_folder_without_pairs_says_why() {
 }
 
 #[test]
+fn training_devices_are_checked_before_any_work() {
+    let dir = scratch("device");
+    let out_dir = dir.join("o");
+    for (device, expected) in [
+        ("gpu", "use one of cpu, cuda, cuda:N"),
+        #[cfg(not(feature = "cuda"))]
+        ("cuda", "--features cuda"),
+    ] {
+        for stage in ["clip", "decoder", "upsampler"] {
+            let mut args = vec![
+                "train",
+                stage,
+                "--data",
+                s(&dir),
+                "--out",
+                s(&out_dir),
+                "--device",
+                device,
+            ];
+            if stage == "decoder" {
+                args.extend(["--clip", s(&dir)]);
+            }
+            let out = unclip(&args);
+            assert_eq!(out.status.code(), Some(1), "{stage} {device}");
+            assert!(stderr(&out).contains(expected), "{stage}: {}", stderr(&out));
+        }
+    }
+    assert!(!out_dir.exists(), "a refused run wrote its output folder");
+}
+
+#[test]
 fn recipe_with_unknown_field_is_named() {
     let dir = scratch("recipe");
     let mut recipe: serde_json::Value = serde_json::from_str(

@@ -8,6 +8,7 @@ pub mod checkpoint;
 pub mod clip;
 pub mod compute_pool;
 pub mod data;
+pub mod device;
 pub mod diffusion;
 pub mod error;
 pub mod eval;

@@ -53,6 +53,7 @@ pub struct ClipStage {
     tokenizer: ClipTokenizer,
     processor: ClipImageProcessor,
     logit_scale: Var,
+    device: Device,
 }
 
 impl ClipStage {
@@ -62,6 +63,7 @@ impl ClipStage {
         data: &str,
         tokenizer: Option<&Path>,
         seed: u64,
+        device: &Device,
     ) -> Result<Self> {
         recipe.validate()?;
         let mut config = recipe.clip.clone();
@@ -87,7 +89,7 @@ impl ClipStage {
             ));
         }
         let params = ParamStore::new(seed);
-        let model = ClipModel::new(&config, params.var_builder(&Device::Cpu))?;
+        let model = ClipModel::new(&config, params.var_builder(device))?;
         let logit_scale = params
             .vars()
             .into_iter()
@@ -101,6 +103,7 @@ impl ClipStage {
             config,
             tokenizer,
             logit_scale,
+            device: device.clone(),
         })
     }
 
@@ -116,6 +119,10 @@ impl TrainStage for ClipStage {
 
     fn params(&self) -> &ParamStore {
         &self.params
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
     }
 
     fn image_size(&self) -> usize {

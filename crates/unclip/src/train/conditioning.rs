@@ -19,6 +19,16 @@ pub struct TextConditioning {
     pub mask: Tensor,   // (B, T) u32
 }
 
+impl TextConditioning {
+    pub fn to_device(&self, device: &Device) -> Result<Self> {
+        Ok(Self {
+            embeds: self.embeds.to_device(device)?,
+            states: self.states.to_device(device)?,
+            mask: self.mask.to_device(device)?,
+        })
+    }
+}
+
 pub struct FrozenClip {
     pub model: ClipModel,
     pub tokenizer: ClipTokenizer,
@@ -29,6 +39,11 @@ pub struct FrozenClip {
 }
 
 impl FrozenClip {
+    /// Where the towers' weights live, and so where a stage trained against them computes.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
     /// Loads a CLIPModel folder, or the CLIP of a pipeline folder (its `text_encoder/`,
     /// `image_encoder/`, `tokenizer/` and `feature_extractor/`), so that a stage can be trained
     /// or fine-tuned against the CLIP an existing model already uses.

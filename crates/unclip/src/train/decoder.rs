@@ -103,7 +103,7 @@ impl DecoderStage {
         text_proj_config.time_embed_dim = unet_config.time_embed_dim();
         let empty = clip.encode_text(&[""])?;
         let params = ParamStore::new(seed);
-        let vb = params.var_builder(&Device::Cpu);
+        let vb = params.var_builder(clip.device());
         let unet = UNet2DConditionModel::new(&unet_config, vb.pp("decoder"))?;
         let text_proj = TextProj::new(&text_proj_config, vb.pp("text_proj"))?;
         Ok(Self {
@@ -136,7 +136,7 @@ impl DecoderStage {
     /// A pipeline (no prior, no upsampler) over the given weights, for previews.
     fn pipeline_with(&self, weights: &[(String, Tensor)]) -> Result<UnclipPipeline> {
         let map: HashMap<String, Tensor> = weights.iter().cloned().collect();
-        let vb = VarBuilder::from_tensors(map, DType::F32, &Device::Cpu);
+        let vb = VarBuilder::from_tensors(map, DType::F32, self.clip.device());
         let unet = UNet2DConditionModel::new(&self.unet_config, vb.pp("decoder"))?;
         let text_proj = TextProj::new(&self.text_proj_config, vb.pp("text_proj"))?;
         UnclipPipeline::from_models(
@@ -147,7 +147,7 @@ impl DecoderStage {
             self.scheduler.clone(),
             None,
             Path::new("decoder preview"),
-            &Device::Cpu,
+            self.clip.device(),
         )
     }
 }
@@ -159,6 +159,10 @@ impl TrainStage for DecoderStage {
 
     fn params(&self) -> &ParamStore {
         &self.params
+    }
+
+    fn device(&self) -> &Device {
+        self.clip.device()
     }
 
     fn image_size(&self) -> usize {

@@ -197,14 +197,16 @@ pub fn accumulate(acc: &mut [Option<Tensor>], more: Vec<Option<Tensor>>) -> Resu
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the norm
 /// before clipping (`torch.nn.utils.clip_grad_norm_`).
 pub fn clip_grad_norm(grads: &mut [Option<Tensor>], max_norm: f64) -> Result<f64> {
-    let mut total = 0f64;
-    for g in grads.iter().flatten() {
-        total += g
-            .sqr()?
-            .sum_all()?
-            .to_dtype(candle_core::DType::F64)?
-            .to_scalar::<f64>()?;
+    // One read of the total: on a GPU each read waits for the queue to drain.
+    let squares = grads
+        .iter()
+        .flatten()
+        .map(|g| g.to_dtype(candle_core::DType::F32)?.sqr()?.sum_all())
+        .collect::<candle_core::Result<Vec<_>>>()?;
+    if squares.is_empty() {
+        return Ok(0.0);
     }
+    let total = Tensor::stack(&squares, 0)?.sum_all()?.to_scalar::<f32>()? as f64;
     let norm = total.sqrt();
     if max_norm > 0.0 && norm > max_norm {
         let scale = max_norm / (norm + 1e-6);

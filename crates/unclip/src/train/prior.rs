@@ -70,7 +70,7 @@ impl PriorStage {
         config.num_embeddings = clip.tokenizer.context_length();
         config.clip_embed_dim = None;
         config.validate()?;
-        let device = Device::Cpu;
+        let device = clip.device().clone();
         let params = ParamStore::new(seed);
         let prior = PriorTransformer::new(&config, params.var_builder(&device))?;
         let (mean, std) = match &cache {
@@ -89,6 +89,7 @@ impl PriorStage {
             }
             None => embedding_statistics(&clip, data, seed)?,
         };
+        let (mean, std) = (mean.to_device(&device)?, std.to_device(&device)?);
         let empty = clip.encode_text(&[""])?;
         for (name, var) in params.vars() {
             match name.as_str() {
@@ -158,7 +159,7 @@ fn embedding_statistics(clip: &FrozenClip, data: &str, seed: u64) -> Result<(Ten
 
 fn encode_chunk(clip: &FrozenClip, pixels: &[u8], size: usize) -> Result<Tensor> {
     let b = pixels.len() / (size * size * 3);
-    let x = Tensor::from_vec(pixels.to_vec(), (b, size, size, 3), &Device::Cpu)?
+    let x = Tensor::from_vec(pixels.to_vec(), (b, size, size, 3), clip.device())?
         .permute((0, 3, 1, 2))?
         .to_dtype(DType::F32)?;
     clip.encode_images(&((x / 127.5)? - 1.0)?)
@@ -173,6 +174,10 @@ impl TrainStage for PriorStage {
         &self.params
     }
 
+    fn device(&self) -> &Device {
+        self.clip.device()
+    }
+
     fn image_size(&self) -> usize {
         self.clip
             .model
@@ -185,7 +190,10 @@ impl TrainStage for PriorStage {
         let device = batch.pixels.device();
         let b = batch.captions.len();
         let (image, text) = match &self.cache {
-            Some(cache) => cache.lookup(&batch.keys)?,
+            Some(cache) => {
+                let (image, text) = cache.lookup(&batch.keys)?;
+                (image.to_device(device)?, text.to_device(device)?)
+            }
             None => (
                 self.clip.encode_images(&batch.pixels)?,
                 self.clip.encode_text(&batch.captions)?,

@@ -38,6 +38,8 @@ pub trait TrainStage {
     /// "prior", "decoder" or "upsampler".
     fn name(&self) -> &'static str;
     fn params(&self) -> &ParamStore;
+    /// Where the parameters live and every batch is sent.
+    fn device(&self) -> &Device;
     /// The side of the square images the stage trains on.
     fn image_size(&self) -> usize;
     /// The training loss of a batch; all randomness comes from `rng`.
@@ -238,7 +240,7 @@ pub fn run_training(
         return Err(Error::InvalidInput("--max-steps must be at least 1".into()));
     }
     let started = Instant::now();
-    let device = Device::Cpu;
+    let device = stage.device().clone();
     let source = DataSource::open(&opts.data)?;
     let val_source = opts.val_data.as_deref().map(DataSource::open).transpose()?;
     if let Some(dir) = &opts.init_from {
@@ -279,7 +281,7 @@ pub fn run_training(
         })?;
         let saved = read_progress(&dir)?;
         check_fingerprint(&dir, &saved, stage.name(), &print)?;
-        let tensors = read_state_tensors(&dir)?;
+        let tensors = read_state_tensors(&dir, &device)?;
         for (name, var) in &params {
             let t = tensors
                 .get(&format!("param.{name}"))
@@ -412,10 +414,10 @@ pub fn run_training(
 
         let last = step == end;
         if last || (opts.checkpoint_every > 0 && step % opts.checkpoint_every == 0) {
-            let weights = match &ema {
+            let weights = on_cpu(match &ema {
                 Some(e) => e.tensors().to_vec(),
                 None => stage.params().tensors(),
-            };
+            })?;
             let progress = Progress {
                 stage: stage.name().to_string(),
                 step,
@@ -439,6 +441,7 @@ pub fn run_training(
                         .map(|(n, t)| (format!("ema.{n}"), t.clone())),
                 );
             }
+            let state = on_cpu(state)?;
             let dir = opts.out.join("checkpoints").join(format!("step-{step:08}"));
             replace_dir(&dir, |tmp| {
                 stage.save_model(tmp, &weights)?;
@@ -469,6 +472,15 @@ pub fn run_training(
         skipped_records: batches.skipped(),
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Copies tensors that may live on an accelerator to the host, once per checkpoint, so that
+/// saving and previews read each one once.
+fn on_cpu(tensors: Vec<(String, Tensor)>) -> Result<Vec<(String, Tensor)>> {
+    tensors
+        .into_iter()
+        .map(|(n, t)| Ok((n, t.to_device(&Device::Cpu)?)))
+        .collect()
 }
 
 /// The logged (step, loss, val_loss) up to `until`, so that a resumed run continues the curve.

@@ -92,9 +92,9 @@ pub fn read_progress(dir: &Path) -> Result<Progress> {
     })
 }
 
-pub fn read_state_tensors(dir: &Path) -> Result<HashMap<String, Tensor>> {
+pub fn read_state_tensors(dir: &Path, device: &Device) -> Result<HashMap<String, Tensor>> {
     let path = dir.join(STATE_TENSORS);
-    candle_core::safetensors::load(&path, &Device::Cpu).map_err(|e| Error::Checkpoint {
+    candle_core::safetensors::load(&path, device).map_err(|e| Error::Checkpoint {
         path,
         message: format!("unreadable training state: {e}"),
     })

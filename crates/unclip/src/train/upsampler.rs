@@ -57,6 +57,7 @@ pub struct UpsamplerStage {
     schedule: NoiseSchedule,
     recipe: UpsamplerRecipe,
     image_size: usize,
+    device: Device,
 }
 
 /// (n, n) Gaussian blur matrix with rows renormalised at the borders.
@@ -75,7 +76,7 @@ fn gaussian_matrix(n: usize, sigma: f64, device: &Device) -> Result<Tensor> {
 }
 
 impl UpsamplerStage {
-    pub fn new(recipe: &UpsamplerRecipe, seed: u64) -> Result<Self> {
+    pub fn new(recipe: &UpsamplerRecipe, seed: u64, device: &Device) -> Result<Self> {
         recipe.unet.validate()?;
         check_trainable(recipe.scheduler.prediction_type)?;
         if recipe.unet.in_channels != 2 * recipe.unet.out_channels {
@@ -108,7 +109,7 @@ impl UpsamplerStage {
             ));
         }
         let params = ParamStore::new(seed);
-        let unet = UNet2DModel::new(&recipe.unet, params.var_builder(&Device::Cpu))?;
+        let unet = UNet2DModel::new(&recipe.unet, params.var_builder(device))?;
         Ok(Self {
             params,
             unet,
@@ -117,6 +118,7 @@ impl UpsamplerStage {
             schedule: NoiseSchedule::cosine(recipe.scheduler.num_train_timesteps),
             recipe: recipe.clone(),
             image_size,
+            device: device.clone(),
         })
     }
 
@@ -148,6 +150,10 @@ impl TrainStage for UpsamplerStage {
 
     fn params(&self) -> &ParamStore {
         &self.params
+    }
+
+    fn device(&self) -> &Device {
+        &self.device
     }
 
     fn image_size(&self) -> usize {
@@ -209,7 +215,7 @@ impl TrainStage for UpsamplerStage {
         let map: HashMap<String, Tensor> = weights.iter().cloned().collect();
         let unet = UNet2DModel::new(
             &self.config,
-            VarBuilder::from_tensors(map, DType::F32, &Device::Cpu),
+            VarBuilder::from_tensors(map, DType::F32, &self.device),
         )?;
         let n = batch.captions.len().min(6);
         let real = batch.pixels.narrow(0, 0, n)?;

@@ -14,7 +14,7 @@ fn tiny_clip_learns_colors_and_saves_a_loadable_folder() {
     recipe.train.batch_size = 12;
     recipe.train.learning_rate = 1e-3;
     recipe.vocab_size = 600;
-    let stage = ClipStage::new(&recipe, &data.to_string_lossy(), None, 3).unwrap();
+    let stage = ClipStage::new(&recipe, &data.to_string_lossy(), None, 3, &Device::Cpu).unwrap();
     let opts = RunOptions {
         data: data.to_string_lossy().into_owned(),
         val_data: None,

@@ -274,7 +274,7 @@ fn decoder_with_learned_variance_learns() {
 fn upsampler_learns() {
     let data = dataset("train-upsampler", 48);
     let out = data.parent().unwrap().join("out");
-    let stage = UpsamplerStage::new(&upsampler_recipe(), 11).unwrap();
+    let stage = UpsamplerStage::new(&upsampler_recipe(), 11, &Device::Cpu).unwrap();
     assert_learns(&stage, &data, &out, 40);
 }
 
@@ -299,7 +299,7 @@ fn trained_parts_assemble_into_a_pipeline_that_generates_and_varies() {
         &mut |_| {},
     )
     .unwrap();
-    let upsampler = UpsamplerStage::new(&upsampler_recipe(), 1).unwrap();
+    let upsampler = UpsamplerStage::new(&upsampler_recipe(), 1, &Device::Cpu).unwrap();
     run_training(
         &upsampler,
         &settings,
@@ -424,7 +424,7 @@ fn stages_fine_tune_from_trained_folders_and_refuse_other_architectures() {
         &mut |_| {},
     )
     .unwrap();
-    let upsampler = UpsamplerStage::new(&upsampler_recipe(), 1).unwrap();
+    let upsampler = UpsamplerStage::new(&upsampler_recipe(), 1, &Device::Cpu).unwrap();
     run_training(
         &upsampler,
         &settings,
@@ -461,7 +461,7 @@ fn stages_fine_tune_from_trained_folders_and_refuse_other_architectures() {
         max_difference(&from_pipeline.params().tensors(), &saved.params().tensors()),
         0.0
     );
-    let up = UpsamplerStage::new(&upsampler_recipe(), 5).unwrap();
+    let up = UpsamplerStage::new(&upsampler_recipe(), 5, &Device::Cpu).unwrap();
     up.init_from(&pipeline).unwrap();
 
     // The fine-tuning run starts at step 0 from those weights and trains on.
