@@ -3,11 +3,11 @@
 use crate::builtin_models::model_path;
 use crate::progress;
 use anyhow::{Context, Result};
-use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use unclip::data::shapes::{read_prompt_file, Form};
 use unclip::data::DataSource;
+use unclip::device::parse_device;
 use unclip::diffusion::Sampler;
 use unclip::eval::{
     evaluate_captions, evaluate_shapes, CaptionScores, CaptionsEvalOptions, CaptionsReport,
@@ -46,6 +46,9 @@ pub struct EvalSamplingArgs {
     pub eta: f64,
     #[arg(long)]
     pub prior_candidates: Option<usize>,
+    /// Where to compute: cpu, or cuda / cuda:N in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl EvalSamplingArgs {
@@ -160,7 +163,7 @@ fn shapes(args: EvalShapesArgs) -> Result<()> {
         .as_deref()
         .map(VerdictFolder::create)
         .transpose()?;
-    let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
+    let pipeline = UnclipPipeline::load(&args.model, &parse_device(&args.sampling.device)?)?;
     let total = prompts.len() * args.images_per_prompt;
     let bar = progress::bar(total as u64, "images");
     let (score, verdicts) = evaluate_shapes(&pipeline, &prompts, &opts, &mut |judged| {
@@ -217,7 +220,7 @@ fn captions(args: EvalCaptionsArgs) -> Result<()> {
         batch: args.batch,
         generate: args.sampling.options(&args.model)?,
     };
-    let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
+    let pipeline = UnclipPipeline::load(&args.model, &parse_device(&args.sampling.device)?)?;
     let bar = progress::bar(args.limit as u64, "images");
     let report = evaluate_captions(&pipeline, &source, &opts, &mut |done, total| {
         bar.set_length(total as u64);

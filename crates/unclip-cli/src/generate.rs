@@ -3,10 +3,10 @@
 use crate::builtin_models::{model_path, DEFAULT_MODEL};
 use crate::progress;
 use anyhow::{bail, Result};
-use candle_core::Device;
 use clap::Args;
 use indicatif::ProgressBar;
 use std::path::{Path, PathBuf};
+use unclip::device::parse_device;
 use unclip::diffusion::{NoiseSource, Sampler};
 use unclip::imageops::{contact_sheet, save_image_tensor, save_png, to_rgb8};
 use unclip::pipeline::{GenerateOptions, Stage, UnclipPipeline};
@@ -49,6 +49,9 @@ pub struct SamplingArgs {
     /// rounded to 8 significant bits, sums in f32: see docs/benchmarks.md for the drift).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// Where to compute: cpu, or cuda / cuda:N in a build with `--features cuda`.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 /// `--precision`: how convolution products are computed in inference.
@@ -208,7 +211,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         bail!("no prompt: give one, as in `unclip generate \"a red apple\"`, or --prompt T");
     }
     args.sampling.precision.apply()?;
-    let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
+    let pipeline = UnclipPipeline::load(&args.model, &parse_device(&args.sampling.device)?)?;
     let base = options(&args.model, &args.sampling)?;
     let opts = GenerateOptions {
         prior_steps: args.prior_steps.unwrap_or(base.prior_steps),
@@ -224,7 +227,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 
 pub fn vary(args: VaryArgs) -> Result<()> {
     args.sampling.precision.apply()?;
-    let pipeline = UnclipPipeline::load(&args.model, &Device::Cpu)?;
+    let pipeline = UnclipPipeline::load(&args.model, &parse_device(&args.sampling.device)?)?;
     let opts = options(&args.model, &args.sampling)?;
     let mut noise = noise(&args.sampling)?;
     let images = if args.invert {

@@ -237,7 +237,7 @@ fn training_on_a_folder_without_pairs_says_why() {
 }
 
 #[test]
-fn training_devices_are_checked_before_any_work() {
+fn devices_are_checked_before_any_work() {
     let dir = scratch("device");
     let out_dir = dir.join("o");
     for (device, expected) in [
@@ -262,6 +262,28 @@ fn training_devices_are_checked_before_any_work() {
             let out = unclip(&args);
             assert_eq!(out.status.code(), Some(1), "{stage} {device}");
             assert!(stderr(&out).contains(expected), "{stage}: {}", stderr(&out));
+        }
+        let prompts = fixtures().join("../../../models/shapes/eval-prompts.txt");
+        for args in [
+            vec!["generate", "a red circle", "--device", device],
+            vec![
+                "eval",
+                "shapes",
+                "--model",
+                "shapes",
+                "--prompts",
+                s(&prompts),
+                "--device",
+                device,
+            ],
+        ] {
+            let out = unclip(&args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            assert!(
+                stderr(&out).contains(expected),
+                "{args:?}: {}",
+                stderr(&out)
+            );
         }
     }
     assert!(!out_dir.exists(), "a refused run wrote its output folder");
