@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Decoder training step (forward, noise MSE, backward, AdamW) on the mid-size Karlo-shaped decoder,
 # unclip against diffusers on the same weights and inputs, same machine and threads, in one run.
-#   tools/bench/decoder_train.sh [DIR] [PYTHON]
+#   tools/bench/decoder_train.sh [DIR] [PYTHON]   (DEVICE=cuda UNCLIP=path: on a GPU, with a
+#   binary built with --features cuda)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 DIR=${1:-/tmp/unclip-bench-decoder}
 PY=${2:-/work/venv-oracle/bin/python}
 [ -f "$DIR/bench_inputs.safetensors" ] || "$PY" tools/bench/unclip_decoder.py --save "$DIR" --threads 1 --runs 1 > /dev/null
-cargo build --release -q
+DEVICE=${DEVICE:-cpu}
+if [ -z "${UNCLIP:-}" ]; then cargo build --release -q; UNCLIP=./target/release/unclip; fi
 OUT=$(mktemp)
 for T in 1 2; do
-  "$PY" tools/bench/decoder_train.py "$DIR" --threads "$T" --runs 3 >> "$OUT"
-  ./target/release/unclip bench decoder-train --dir "$DIR" --threads "$T" --runs 3 >> "$OUT"
+  "$PY" tools/bench/decoder_train.py "$DIR" --threads "$T" --runs 3 --device "$DEVICE" >> "$OUT"
+  "$UNCLIP" bench decoder-train --dir "$DIR" --threads "$T" --runs 3 --device "$DEVICE" >> "$OUT"
 done
 "$PY" - "$OUT" <<'PY'
 import json, sys

@@ -8,6 +8,7 @@ use clap::{Args, Subcommand};
 use std::path::PathBuf;
 use std::time::Instant;
 use unclip::clip::ClipModel;
+use unclip::device::parse_device;
 use unclip::tokenizer::ClipTokenizer;
 
 use crate::generate::Precision;
@@ -45,6 +46,10 @@ pub struct BenchGenerateArgs {
     /// Convolution products in inference: f32, or bf16 on CPUs with AVX-512 BF16.
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// cpu, or cuda / cuda:N in a build with `--features cuda` (each timed run then waits for
+    /// the GPU to finish).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args)]
@@ -60,6 +65,10 @@ pub struct BenchDecoderArgs {
     /// step is always f32).
     #[arg(long, value_enum, default_value_t = Precision::F32)]
     pub precision: Precision,
+    /// cpu, or cuda / cuda:N in a build with `--features cuda` (each timed run then waits for
+    /// the GPU to finish).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(Args)]
@@ -217,11 +226,15 @@ fn use_threads(threads: Option<usize>) -> usize {
 fn decoder(args: BenchDecoderArgs) -> Result<()> {
     let threads = use_threads(args.threads);
     args.precision.apply()?;
-    let device = Device::Cpu;
+    let device = parse_device(&args.device)?;
     let unet =
         unclip::models::unet::UNet2DConditionModel::load(&args.dir.join("decoder"), &device)?;
     let inputs = DecoderInputs::load(&args.dir, &device)?;
-    let run = || inputs.forward(&unet);
+    let run = || -> Result<Tensor> {
+        let out = inputs.forward(&unet)?;
+        device.synchronize()?;
+        Ok(out)
+    };
     let out = run()?;
     let diff = (&out - &inputs.output)?
         .abs()?
@@ -240,7 +253,7 @@ fn decoder(args: BenchDecoderArgs) -> Result<()> {
         "impl": "unclip", "bench": "unclip_decoder_forward", "threads": threads, "batch": batch,
         "precision": if args.precision == Precision::Bf16 { "bf16" } else { "f32" },
         "size": sample.dim(3)?, "runs": times.len(), "median_ms": times[times.len() / 2], "min_ms": times[0],
-        "max_abs_diff_vs_pytorch": diff,
+        "max_abs_diff_vs_pytorch": diff, "device": args.device,
     });
     println!("{line}");
     Ok(())
@@ -250,7 +263,7 @@ fn decoder_train(args: BenchDecoderArgs) -> Result<()> {
     use unclip::models::unet::UNet2DConditionModel;
     use unclip::train::{gradients, AdamW, AdamWConfig, ParamStore};
     let threads = use_threads(args.threads);
-    let device = Device::Cpu;
+    let device = parse_device(&args.device)?;
     let (cfg, weights) = unclip::checkpoint::read_folder(
         &args.dir.join("decoder"),
         "UNet2DConditionModel",
@@ -277,6 +290,7 @@ fn decoder_train(args: BenchDecoderArgs) -> Result<()> {
         let loss = (out.narrow(1, 0, 3)? - &noise)?.sqr()?.mean_all()?;
         let grads = gradients(&loss.backward()?, &vars);
         optimizer.step(&grads, 1e-4)?;
+        device.synchronize()?;
         Ok(())
     };
     step()?;
@@ -290,7 +304,7 @@ fn decoder_train(args: BenchDecoderArgs) -> Result<()> {
     let median = times[times.len() / 2];
     let line = serde_json::json!({
         "impl": "unclip", "bench": "decoder_train_step", "threads": threads, "batch": batch,
-        "median_ms": median, "images_per_s": batch as f64 / (median / 1e3),
+        "median_ms": median, "images_per_s": batch as f64 / (median / 1e3), "device": args.device,
     });
     println!("{line}");
     Ok(())
@@ -301,7 +315,7 @@ fn generate(args: BenchGenerateArgs) -> Result<()> {
     use unclip::pipeline::{GenerateOptions, UnclipPipeline};
     let threads = use_threads(args.threads);
     args.precision.apply()?;
-    let device = Device::Cpu;
+    let device = parse_device(&args.device)?;
     let pipeline = UnclipPipeline::load(&args.model, &device)?;
     let opts = GenerateOptions {
         prior_steps: args.prior_steps,
@@ -313,6 +327,7 @@ fn generate(args: BenchGenerateArgs) -> Result<()> {
     let run = || -> Result<()> {
         let mut noise = NoiseSource::seeded(0);
         pipeline.generate(&prompts, &opts, &mut noise, &mut |_, _, _| {})?;
+        device.synchronize()?;
         Ok(())
     };
     run()?; // warm-up: first-touch allocations, thread pool start
@@ -329,6 +344,7 @@ fn generate(args: BenchGenerateArgs) -> Result<()> {
         "precision": if args.precision == Precision::Bf16 { "bf16" } else { "f32" },
         "steps": [args.prior_steps, args.decoder_steps, args.super_res_steps],
         "runs": times.len(), "median_ms": times[times.len() / 2], "min_ms": times[0],
+        "device": args.device,
     });
     println!("{line}");
     Ok(())
