@@ -58,8 +58,9 @@ pub enum Command {
 
 #[derive(Args)]
 pub struct EmbedArgs {
-    /// CLIP model folder (config.json, model.safetensors, tokenizer files).
-    #[arg(long)]
+    /// A CLIP model folder (config.json, model.safetensors, tokenizer files), or a pipeline
+    /// folder or built-in model name (its text_encoder/ and image_encoder/).
+    #[arg(long, value_parser = crate::builtin_models::model_path)]
     pub model: PathBuf,
     /// A text to embed (repeat for several).
     #[arg(long = "text")]
@@ -74,6 +75,7 @@ pub struct EmbedArgs {
 
 #[derive(Args)]
 pub struct ClassifyArgs {
+    /// A CLIPModel folder (a pipeline stores no logit_scale, so it cannot classify).
     #[arg(long)]
     pub model: PathBuf,
     #[arg(long)]
@@ -101,7 +103,8 @@ pub enum TrainCommand {
 pub struct TrainClipArgs {
     #[command(flatten)]
     pub stage: crate::train_cmd::StageArgs,
-    /// Use this tokenizer folder instead of training one on the captions.
+    /// Use this tokenizer folder instead of training one on the captions (with --init-from,
+    /// the default is the tokenizer of the model fine-tuned).
     #[arg(long)]
     pub tokenizer: Option<PathBuf>,
 }

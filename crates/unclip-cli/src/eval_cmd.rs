@@ -1,8 +1,10 @@
-//! `unclip eval ...`: score a pipeline on the shapes world or on captioned data.
+//! `unclip eval ...`: score a pipeline on the shapes world or on captioned data, or a CLIP on
+//! shapes prompts against their hard negatives.
 
 use crate::builtin_models::model_path;
 use crate::progress;
 use anyhow::{Context, Result};
+use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use unclip::data::shapes::{read_prompt_file, Form};
@@ -10,10 +12,10 @@ use unclip::data::DataSource;
 use unclip::device::parse_device;
 use unclip::diffusion::Sampler;
 use unclip::eval::{
-    evaluate_captions, evaluate_shapes, CaptionScores, CaptionsEvalOptions, CaptionsReport,
-    EvalStart, ShapesEvalOptions, ShapesScore, VerdictFolder,
+    evaluate_captions, evaluate_clip_shapes, evaluate_shapes, CaptionScores, CaptionsEvalOptions,
+    CaptionsReport, ClipShapesOptions, EvalStart, ShapesEvalOptions, ShapesScore, VerdictFolder,
 };
-use unclip::pipeline::{GenerateOptions, UnclipPipeline};
+use unclip::pipeline::{ClipEmbedder, GenerateOptions, UnclipPipeline};
 
 #[derive(Subcommand)]
 pub enum EvalCommand {
@@ -23,6 +25,10 @@ pub enum EvalCommand {
     /// CLIP score, R-precision and Fréchet distance of images generated from a dataset's
     /// captions, beside the same numbers for its real images (the ceiling).
     Captions(EvalCaptionsArgs),
+    /// Whether a model's CLIP tells shapes prompts from their hard negatives (objects of a
+    /// relation exchanged, colors of a pair exchanged, counts changed): for rendered scenes of
+    /// each prompt, the share of negatives the prompt outscores (0.5 is chance).
+    ShapesClip(EvalShapesClipArgs),
 }
 
 /// Sampling settings; each one left out keeps the pipeline default (`unclip generate`'s).
@@ -143,11 +149,73 @@ pub struct EvalCaptionsArgs {
     pub sampling: EvalSamplingArgs,
 }
 
+#[derive(Args)]
+pub struct EvalShapesClipArgs {
+    /// A pipeline folder (its text_encoder/ and image_encoder/) or a CLIPModel folder.
+    #[arg(long, value_parser = model_path)]
+    pub model: PathBuf,
+    /// Prompt file, as for `eval shapes`.
+    #[arg(long)]
+    pub prompts: PathBuf,
+    #[arg(long, default_value_t = 4)]
+    pub scenes_per_prompt: usize,
+    #[arg(long, default_value_t = 4)]
+    pub negatives_per_prompt: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Print the score as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
 pub fn run(command: EvalCommand) -> Result<()> {
     match command {
         EvalCommand::Shapes(args) => shapes(args),
         EvalCommand::Captions(args) => captions(args),
+        EvalCommand::ShapesClip(args) => shapes_clip(args),
     }
+}
+
+fn shapes_clip(args: EvalShapesClipArgs) -> Result<()> {
+    let prompts = read_prompt_file(&args.prompts)?;
+    let clip = ClipEmbedder::load(&args.model, &Device::Cpu)?;
+    let opts = ClipShapesOptions {
+        scenes_per_prompt: args.scenes_per_prompt,
+        negatives_per_prompt: args.negatives_per_prompt,
+        seed: args.seed,
+    };
+    let score = evaluate_clip_shapes(&clip, &prompts, &opts)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&score)?);
+        return Ok(());
+    }
+    for form in Form::ALL {
+        match score.per_form.get(&form) {
+            Some(f) => println!(
+                "{:<9} {:.3}  ({}/{} comparisons won)",
+                form.name(),
+                f.accuracy,
+                f.won,
+                f.comparisons
+            ),
+            None => println!("{:<9} -      (no prompts of this form)", form.name()),
+        }
+    }
+    println!(
+        "{:<9} {:.3}  (mean of the per-form accuracies; 0.5 is chance)",
+        "overall", score.overall
+    );
+    println!("by what the negative changed:");
+    for (kind, f) in &score.per_negative {
+        println!(
+            "{:<9} {:.3}  ({}/{})",
+            kind.name(),
+            f.accuracy,
+            f.won,
+            f.comparisons
+        );
+    }
+    Ok(())
 }
 
 fn shapes(args: EvalShapesArgs) -> Result<()> {

@@ -183,10 +183,20 @@ pub fn clip_command(args: crate::cli::TrainClipArgs) -> Result<()> {
     let mut recipe: ClipRecipe =
         load_recipe("clip", &stage_args.preset, stage_args.config.as_deref())?;
     settings(&mut recipe.train, &stage_args);
+    // Fine-tuning keeps the vocabulary its embeddings were learnt with.
+    let tokenizer = args.tokenizer.clone().or_else(|| {
+        stage_args.init_from.as_ref().map(|dir| {
+            if dir.join("tokenizer").is_dir() {
+                dir.join("tokenizer")
+            } else {
+                dir.clone()
+            }
+        })
+    });
     let stage = ClipStage::new(
         &recipe,
         &stage_args.data,
-        args.tokenizer.as_deref(),
+        tokenizer.as_deref(),
         stage_args.seed,
         &parse_device(&stage_args.device)?,
     )?;

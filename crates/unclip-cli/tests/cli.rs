@@ -1120,3 +1120,82 @@ fn generate_in_bf16_runs_where_the_cpu_has_it_and_says_why_not_elsewhere() {
         "bf16 image differs from f32 by {diff} on average"
     );
 }
+
+#[test]
+fn shapes_clip_eval_and_embed_read_a_pipeline_folder() {
+    let prompts = fixtures().join("../../../models/shapes/eval-prompts.txt");
+    let out = unclip(&[
+        "eval",
+        "shapes-clip",
+        "--model",
+        "shapes",
+        "--prompts",
+        s(&prompts),
+        "--scenes-per-prompt",
+        "2",
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let score: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    for form in ["single", "counting", "pair", "relation"] {
+        let accuracy = score["per_form"][form]["accuracy"].as_f64().unwrap();
+        assert!((0.0..=1.0).contains(&accuracy), "{form}: {accuracy}");
+    }
+    for kind in ["attribute", "count", "binding", "order"] {
+        assert!(score["per_negative"][kind]["comparisons"].as_u64().unwrap() > 0);
+    }
+    // Any trained CLIP tells "a red circle" from "a blue circle".
+    let attribute = score["per_negative"]["attribute"]["accuracy"]
+        .as_f64()
+        .unwrap();
+    assert!(attribute > 0.9, "attribute negatives: {attribute}");
+
+    let dir = scratch("shapes-clip");
+    let bad = dir.join("prompts.txt");
+    std::fs::write(&bad, "a red circle\na photo of a dog\n").unwrap();
+    let out = unclip(&[
+        "eval",
+        "shapes-clip",
+        "--model",
+        "shapes",
+        "--prompts",
+        s(&bad),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("a photo of a dog"),
+        "{}",
+        stderr(&out)
+    );
+
+    // embed takes the pipeline's towers; classify says why it cannot.
+    let image = fixtures().join("images/image_0.png");
+    let out = unclip(&[
+        "embed",
+        "--model",
+        "shapes",
+        "--text",
+        "a red circle",
+        "--image",
+        s(&image),
+        "--json",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let embedded: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(embedded["text_embeds"][0].as_array().unwrap().len(), 128);
+    assert_eq!(embedded["image_embeds"][0].as_array().unwrap().len(), 128);
+    let pipeline = fixtures().join("../../../models/shapes");
+    let out = unclip(&[
+        "classify",
+        "--model",
+        s(&pipeline),
+        "--image",
+        s(&image),
+        "--labels",
+        "a red circle",
+        "a blue square",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("logit_scale"), "{}", stderr(&out));
+    std::fs::remove_dir_all(&dir).unwrap();
+}

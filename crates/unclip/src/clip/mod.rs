@@ -11,7 +11,7 @@ mod text;
 mod vision;
 
 pub use config::{ClipConfig, ClipTextConfig, ClipVisionConfig, Pooling};
-pub use loss::contrastive_loss;
+pub use loss::{contrastive_loss, contrastive_loss_with_negatives};
 pub use model::{l2_normalize, load_clip_tensors, save_clip, ClipLayout, ClipModel, WEIGHTS_FILE};
 pub(crate) use processor::decode_image;
 pub use processor::{decode_rgb8, ClipImageProcessor, PROCESSOR_FILE};

@@ -25,17 +25,58 @@ pub struct Embeddings {
 }
 
 impl ClipEmbedder {
+    /// Loads a transformers CLIP folder (any of the three layouts), or the CLIP of a diffusers
+    /// unCLIP folder: its `text_encoder/` with `tokenizer/`, its `image_encoder/` with
+    /// `feature_extractor/`, whichever it has.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
-        let model = ClipModel::load(dir, device)?;
+        let text_dir = dir.join("text_encoder");
+        let image_dir = dir.join("image_encoder");
+        let pipeline =
+            !dir.join("config.json").is_file() && (text_dir.is_dir() || image_dir.is_dir());
+        if !pipeline {
+            return Self::from_parts(ClipModel::load(dir, device)?, dir, dir, device);
+        }
+        let text = text_dir
+            .is_dir()
+            .then(|| ClipModel::load(&text_dir, device))
+            .transpose()?;
+        let vision = image_dir
+            .is_dir()
+            .then(|| ClipModel::load(&image_dir, device))
+            .transpose()?;
+        let model = match (text, vision) {
+            (Some(text), Some(vision)) => {
+                ClipModel::from_towers(text, vision).map_err(|e| Error::Checkpoint {
+                    path: dir.to_path_buf(),
+                    message: e.to_string(),
+                })?
+            }
+            (Some(tower), None) | (None, Some(tower)) => tower,
+            (None, None) => unreachable!("a pipeline folder has at least one tower"),
+        };
+        Self::from_parts(
+            model,
+            &dir.join("tokenizer"),
+            &dir.join("feature_extractor"),
+            device,
+        )
+    }
+
+    fn from_parts(
+        model: ClipModel,
+        tokenizer_dir: &Path,
+        processor_dir: &Path,
+        device: &Device,
+    ) -> Result<Self> {
         let tokenizer = if model.has_text() {
             let context = model.text_config()?.max_position_embeddings;
-            Some(ClipTokenizer::load(dir)?.with_context_length(context)?)
+            Some(ClipTokenizer::load(tokenizer_dir)?.with_context_length(context)?)
         } else {
             None
         };
         let processor = if model.has_vision() {
             Some(ClipImageProcessor::load_or_default(
-                dir,
+                processor_dir,
                 model.vision_config()?.image_size,
             )?)
         } else {
@@ -74,6 +115,12 @@ impl ClipEmbedder {
         self.model.image_features(&pixels)
     }
 
+    /// Unnormalised features of in-memory images.
+    pub fn image_features_of(&self, images: &[image::RgbImage]) -> Result<Tensor> {
+        let pixels = self.processor()?.preprocess_images(images, &self.device)?;
+        self.model.image_features(&pixels)
+    }
+
     pub fn embed(&self, texts: &[String], images: &[impl AsRef<Path>]) -> Result<Embeddings> {
         let mut out = Embeddings::default();
         if !texts.is_empty() {
@@ -96,6 +143,14 @@ impl ClipEmbedder {
         }
         let (_, text) = self.text_features(labels)?;
         let image = self.image_features(&[image])?;
+        if self.model.logit_scale().is_err() {
+            return Err(Error::InvalidInput(
+                "a pipeline folder stores no logit_scale (CLIP's temperature), so it cannot turn \
+                 similarities into probabilities: classify with the CLIPModel folder it was \
+                 trained as, or compare cosine similarities with `unclip embed`"
+                    .into(),
+            ));
+        }
         let (_, logits_per_image) = self.model.logits(&text, &image)?;
         Ok(softmax_last_dim(&logits_per_image)?
             .squeeze(0)?

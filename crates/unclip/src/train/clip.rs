@@ -3,13 +3,16 @@
 //! stage of the shared training loop, so it gets the same data sources, accumulation, EMA,
 //! validation, checkpoints and exact resume. Checkpoints are transformers `CLIPModel` folders
 //! with the tokenizer (trained on the captions unless one is given) and the image processor.
+//! The recipe may add hard negative captions to every batch (`HardNegatives`); they join the
+//! image-to-text side of the loss only.
 
+use super::hard_negatives::HardNegatives;
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::write_atomic;
 use crate::clip::{
-    contrastive_loss, save_clip, ClipConfig, ClipImageProcessor, ClipLayout, ClipModel,
-    PROCESSOR_FILE,
+    contrastive_loss_with_negatives, save_clip, ClipConfig, ClipImageProcessor, ClipLayout,
+    ClipModel, PROCESSOR_FILE,
 };
 use crate::data::{captions, DataSource};
 use crate::error::{Error, Result};
@@ -30,6 +33,9 @@ pub struct ClipRecipe {
     /// Size of the BPE vocabulary trained from the captions when no tokenizer is given.
     pub vocab_size: usize,
     pub clip: ClipConfig,
+    /// Extra negative captions per batch: "none" (the default), "shapes" or "word-swap".
+    #[serde(default)]
+    pub hard_negatives: HardNegatives,
 }
 
 impl ClipRecipe {
@@ -53,6 +59,7 @@ pub struct ClipStage {
     tokenizer: ClipTokenizer,
     processor: ClipImageProcessor,
     logit_scale: Var,
+    hard_negatives: HardNegatives,
     device: Device,
 }
 
@@ -103,6 +110,7 @@ impl ClipStage {
             config,
             tokenizer,
             logit_scale,
+            hard_negatives: recipe.hard_negatives,
             device: device.clone(),
         })
     }
@@ -110,6 +118,11 @@ impl ClipStage {
     pub fn config(&self) -> &ClipConfig {
         &self.config
     }
+}
+
+/// A diffusers unCLIP folder with both CLIP towers.
+pub(crate) fn is_pipeline(dir: &Path) -> bool {
+    dir.join("text_encoder").is_dir() && dir.join("image_encoder").is_dir()
 }
 
 impl TrainStage for ClipStage {
@@ -129,10 +142,12 @@ impl TrainStage for ClipStage {
         self.config.vision_config.image_size
     }
 
-    fn loss(&self, batch: &Batch, _rng: &mut ChaCha8Rng) -> Result<Tensor> {
+    fn loss(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        let mut captions = batch.captions.clone();
+        captions.extend(self.hard_negatives.for_captions(&batch.captions, rng)?);
         let (ids, mask) = self
             .tokenizer
-            .encode_batch(&batch.captions)?
+            .encode_batch(&captions)?
             .to_tensors(batch.pixels.device())?;
         // Pixels arrive in [-1, 1]; CLIP normalises [0, 1] with the processor's mean and std.
         let p = &self.processor;
@@ -144,7 +159,7 @@ impl TrainStage for ClipStage {
         let text = self.model.text_features(&ids, Some(&mask))?;
         let image = self.model.image_features(&pixels)?;
         let (logits_per_text, _) = self.model.logits(&text, &image)?;
-        Ok(contrastive_loss(&logits_per_text)?)
+        Ok(contrastive_loss_with_negatives(&logits_per_text)?)
     }
 
     fn after_step(&self) -> Result<()> {
@@ -153,8 +168,25 @@ impl TrainStage for ClipStage {
     }
 
     fn init_from(&self, dir: &Path) -> Result<()> {
-        self.params
-            .load_folder("", dir, &["model.safetensors"], &[])?;
+        if dir.join("config.json").is_file() || !is_pipeline(dir) {
+            self.params
+                .load_folder("", dir, &["model.safetensors"], &[])?;
+            return Ok(());
+        }
+        // A pipeline stores the towers apart and no logit_scale, which then starts afresh.
+        let names: Vec<String> = self.params.vars().into_iter().map(|(n, _)| n).collect();
+        for (folder, prefix, projection) in [
+            ("text_encoder", "text_model.", "text_projection.weight"),
+            ("image_encoder", "vision_model.", "visual_projection.weight"),
+        ] {
+            let others: Vec<&str> = names
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !n.starts_with(prefix) && *n != projection)
+                .collect();
+            self.params
+                .load_folder("", &dir.join(folder), &["model.safetensors"], &others)?;
+        }
         Ok(())
     }
 

@@ -9,6 +9,7 @@
 pub mod geometry;
 pub mod grammar;
 pub mod holdout;
+pub mod negatives;
 pub mod palette;
 pub mod render;
 pub mod scene;
@@ -16,6 +17,7 @@ pub mod writer;
 
 pub use grammar::{ColoredShape, Form, Prompt};
 pub use holdout::Holdout;
+pub use negatives::NegativeKind;
 pub use palette::{Color, Count, Relation, RelationMargin, Shape, Size};
 pub use render::{encode_png, render};
 pub use scene::{Scene, SceneObject, CANVAS};
