@@ -129,8 +129,9 @@ impl Prompt {
     /// what was wrong, and the forms.
     pub fn parse(text: &str) -> Result<Prompt> {
         parse_words(text).map_err(|reason| {
+            let shown = excerpt(text);
             Error::InvalidInput(format!(
-                "prompt {text:?} is not in the shapes grammar ({reason}); {FORMS_HELP}"
+                "prompt {shown:?} is not in the shapes grammar ({reason}); {FORMS_HELP}"
             ))
         })
     }
@@ -186,6 +187,16 @@ fn distinct_pair(rng: &mut impl Rng) -> (ColoredShape, ColoredShape) {
         if b != a {
             return (a, b);
         }
+    }
+}
+
+/// `text`, or its first 100 characters and "..." (a file without line breaks is one long
+/// "prompt", which an error message should name, not print whole).
+fn excerpt(text: &str) -> String {
+    const SHOWN: usize = 100;
+    match text.char_indices().nth(SHOWN) {
+        Some((end, _)) => format!("{}... ({} characters)", &text[..end], text.chars().count()),
+        None => text.to_string(),
     }
 }
 
@@ -475,6 +486,14 @@ mod tests {
             assert!(err.contains(&format!("{bad:?}")), "{err}");
             assert!(err.contains("relation `a <color>"), "{err}");
         }
+    }
+
+    #[test]
+    fn a_long_rejected_prompt_is_shown_in_part() {
+        let long = "a red circle".repeat(500);
+        let err = Prompt::parse(&long).unwrap_err().to_string();
+        assert!(err.len() < 1200, "{} characters", err.len());
+        assert!(err.contains("a red circlea red circle") && err.contains("(6000 characters)"));
     }
 
     #[test]
