@@ -125,6 +125,28 @@ pub(crate) fn is_pipeline(dir: &Path) -> bool {
     dir.join("text_encoder").is_dir() && dir.join("image_encoder").is_dir()
 }
 
+impl ClipStage {
+    /// Rendered scenes as the data loader delivers images: resized and cropped by the image
+    /// processor (PIL bicubic), whole 8-bit values, then [-1, 1]. (B, 3, S, S).
+    fn scene_pixels(&self, scenes: &[image::RgbImage], device: &Device) -> Result<Tensor> {
+        let size = self.config.vision_config.image_size;
+        let mut resize_only = self.processor.clone();
+        resize_only.do_rescale = false;
+        resize_only.do_normalize = false;
+        let mut values = Vec::with_capacity(scenes.len() * 3 * size * size);
+        for scene in scenes {
+            let (w, h) = (scene.width() as usize, scene.height() as usize);
+            let chw = resize_only.preprocess_rgb8(scene.as_raw(), w, h)?;
+            values.extend(chw.iter().map(|&v| (v as u8) as f32 / 127.5 - 1.0));
+        }
+        Ok(Tensor::from_vec(
+            values,
+            (scenes.len(), 3, size, size),
+            device,
+        )?)
+    }
+}
+
 impl TrainStage for ClipStage {
     fn name(&self) -> &'static str {
         "clip"
@@ -143,17 +165,24 @@ impl TrainStage for ClipStage {
     }
 
     fn loss(&self, batch: &Batch, rng: &mut ChaCha8Rng) -> Result<Tensor> {
+        let negatives = self.hard_negatives.for_captions(&batch.captions, rng)?;
         let mut captions = batch.captions.clone();
-        captions.extend(self.hard_negatives.for_captions(&batch.captions, rng)?);
+        captions.extend(negatives.captions);
         let (ids, mask) = self
             .tokenizer
             .encode_batch(&captions)?
             .to_tensors(batch.pixels.device())?;
+        let batch_pixels = if negatives.scenes.is_empty() {
+            batch.pixels.clone()
+        } else {
+            let scenes = self.scene_pixels(&negatives.scenes, batch.pixels.device())?;
+            Tensor::cat(&[&batch.pixels, &scenes], 0)?
+        };
         // Pixels arrive in [-1, 1]; CLIP normalises [0, 1] with the processor's mean and std.
         let p = &self.processor;
         let mean = Tensor::new(&p.image_mean, batch.pixels.device())?.reshape((1, 3, 1, 1))?;
         let std = Tensor::new(&p.image_std, batch.pixels.device())?.reshape((1, 3, 1, 1))?;
-        let pixels = ((&batch.pixels + 1.0)? / 2.0)?
+        let pixels = ((&batch_pixels + 1.0)? / 2.0)?
             .broadcast_sub(&mean)?
             .broadcast_div(&std)?;
         let text = self.model.text_features(&ids, Some(&mask))?;

@@ -3,9 +3,17 @@
 //! its own caption over it. Without them a contrastive batch rarely holds two captions that
 //! differ only in word order, and CLIP learns a bag of words: on the shapes world it ranked a
 //! relation against its mirror image at chance.
+//!
+//! On the shapes world each negative caption also comes with a rendered scene of it, which joins
+//! the batch as a pair of its own (NegCLIP's hard negative images): the scene of "a blue square
+//! above a red circle" then competes with the scene of "a red circle above a blue square" for
+//! each caption, so the image tower, not only the text tower, is asked to tell them apart.
+//! Negative captions alone left relation order at chance (2,500 steps, 5 December 2026): the
+//! text tower had nothing in the images to align an order feature with.
 
-use crate::data::shapes::Prompt;
+use crate::data::shapes::{render, Prompt, Scene};
 use crate::error::{Error, Result};
+use image::RgbImage;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 
@@ -16,36 +24,50 @@ pub enum HardNegatives {
     #[default]
     None,
     /// The shapes grammar's own negatives (`Prompt::hard_negative`): objects of a relation
-    /// exchanged, colors of a pair exchanged, counts changed. Every caption must be a shapes
-    /// prompt.
+    /// exchanged, colors of a pair exchanged, counts changed, each with a rendered scene of it.
+    /// Every caption must be a shapes prompt.
     Shapes,
     /// Any captions: two different words exchanged, at random (NegCLIP's shuffles without its
     /// part-of-speech tagger). Captions of fewer than two different words get none.
     WordSwap,
 }
 
+/// What a batch gains: negative captions, and, when the mode can draw them, one image of each
+/// (then every caption is paired with its image, `scenes[i]` showing `captions[i]`).
+#[derive(Debug, Default)]
+pub struct NegativeExamples {
+    pub captions: Vec<String>,
+    pub scenes: Vec<RgbImage>,
+}
+
 impl HardNegatives {
-    /// The negative captions for `captions`, in order (fewer than the captions with `WordSwap`
-    /// when some cannot be changed, none with `None`).
-    pub fn for_captions(self, captions: &[String], rng: &mut impl Rng) -> Result<Vec<String>> {
+    /// The negatives for `captions`, in order (fewer than the captions with `WordSwap` when
+    /// some cannot be changed, none with `None`).
+    pub fn for_captions(self, captions: &[String], rng: &mut impl Rng) -> Result<NegativeExamples> {
         match self {
-            HardNegatives::None => Ok(Vec::new()),
-            HardNegatives::Shapes => captions
-                .iter()
-                .map(|caption| {
+            HardNegatives::None => Ok(NegativeExamples::default()),
+            HardNegatives::Shapes => {
+                let mut out = NegativeExamples::default();
+                for caption in captions {
                     let prompt = Prompt::parse(caption).map_err(|e| {
                         Error::InvalidInput(format!(
                             "hard_negatives \"shapes\" needs shapes-world captions: {e}; use \
                              \"word-swap\" or \"none\" for other data"
                         ))
                     })?;
-                    Ok(prompt.hard_negative(rng).to_string())
-                })
-                .collect(),
-            HardNegatives::WordSwap => Ok(captions
-                .iter()
-                .filter_map(|caption| word_swap(caption, rng))
-                .collect()),
+                    let negative = prompt.hard_negative(rng);
+                    out.scenes.push(render(&Scene::sample(&negative, rng)?));
+                    out.captions.push(negative.to_string());
+                }
+                Ok(out)
+            }
+            HardNegatives::WordSwap => Ok(NegativeExamples {
+                captions: captions
+                    .iter()
+                    .filter_map(|caption| word_swap(caption, rng))
+                    .collect(),
+                scenes: Vec::new(),
+            }),
         }
     }
 }
@@ -78,17 +100,21 @@ mod tests {
             "a red circle above a blue square".to_string(),
             "two green triangles".to_string(),
         ];
-        assert!(HardNegatives::None
+        let none = HardNegatives::None
             .for_captions(&captions, &mut rng)
-            .unwrap()
-            .is_empty());
+            .unwrap();
+        assert!(none.captions.is_empty() && none.scenes.is_empty());
         let shapes = HardNegatives::Shapes
             .for_captions(&captions, &mut rng)
             .unwrap();
-        assert_eq!(shapes.len(), 2);
-        for (negative, caption) in shapes.iter().zip(&captions) {
+        assert_eq!((shapes.captions.len(), shapes.scenes.len()), (2, 2));
+        for ((negative, scene), caption) in
+            shapes.captions.iter().zip(&shapes.scenes).zip(&captions)
+        {
             assert_ne!(negative, caption);
-            Prompt::parse(negative).unwrap();
+            let prompt = Prompt::parse(negative).unwrap();
+            // The scene shows the negative, as the checker judges it.
+            assert!(crate::eval::check(&prompt, scene).pass, "{negative}");
         }
         let swapped = HardNegatives::WordSwap
             .for_captions(
@@ -96,6 +122,8 @@ mod tests {
                 &mut rng,
             )
             .unwrap();
+        assert!(swapped.scenes.is_empty());
+        let swapped = swapped.captions;
         assert_eq!(swapped.len(), 1);
         let mut words: Vec<&str> = swapped[0].split(' ').collect();
         assert_ne!(swapped[0], "a cat on a mat");
