@@ -52,6 +52,10 @@ pub struct EvalSamplingArgs {
     pub eta: f64,
     #[arg(long)]
     pub prior_candidates: Option<usize>,
+    /// Decode this many images per image and keep the one CLIP finds closest to the prompt
+    /// (needs the model's image_encoder/) [default: the model's sampling.json, else 1]
+    #[arg(long)]
+    pub image_candidates: Option<usize>,
     /// Where to compute: cpu, or cuda / cuda:N in a build with `--features cuda`.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -72,6 +76,7 @@ impl EvalSamplingArgs {
             prior_guidance: self.prior_guidance.unwrap_or(d.prior_guidance),
             decoder_guidance: self.decoder_guidance.unwrap_or(d.decoder_guidance),
             prior_candidates: self.prior_candidates.unwrap_or(d.prior_candidates),
+            image_candidates: self.image_candidates.unwrap_or(d.image_candidates),
             sampler,
             ..d
         })

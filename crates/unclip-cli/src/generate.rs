@@ -93,6 +93,10 @@ pub struct GenerateArgs {
     /// Draw this many prior samples and keep the one closest to the text (the paper uses 2).
     #[arg(long, default_value_t = 1)]
     pub prior_candidates: usize,
+    /// Decode this many images per image and keep the one CLIP finds closest to the prompt
+    /// (needs the model's image_encoder/) [default: the model's sampling.json, else 1]
+    #[arg(long)]
+    pub image_candidates: Option<usize>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
 }
@@ -217,6 +221,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
         prior_steps: args.prior_steps.unwrap_or(base.prior_steps),
         prior_guidance: args.prior_guidance.unwrap_or(base.prior_guidance),
         prior_candidates: args.prior_candidates,
+        image_candidates: args.image_candidates.unwrap_or(base.image_candidates),
         ..base
     };
     let mut noise = noise(&args.sampling)?;

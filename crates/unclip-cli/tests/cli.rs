@@ -1199,3 +1199,46 @@ fn shapes_clip_eval_and_embed_read_a_pipeline_folder() {
     assert!(stderr(&out).contains("logit_scale"), "{}", stderr(&out));
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn generate_reranks_image_candidates_with_the_models_clip() {
+    let dir = scratch("image-candidates");
+    let few_steps = [
+        "--prior-steps",
+        "2",
+        "--decoder-steps",
+        "2",
+        "--super-res-steps",
+        "2",
+    ];
+    let mut args = vec!["generate", "--model", "shapes", "a red circle", "--n", "2"];
+    args.extend(few_steps);
+    let output = dir.join("ranked.png");
+    args.extend(["--image-candidates", "3", "--output", s(&output)]);
+    let out = unclip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    for i in 0..2 {
+        let image = image::open(dir.join(format!("ranked-{i}.png"))).unwrap();
+        assert_eq!((image.width(), image.height()), (64, 64));
+    }
+
+    let mut args = vec!["generate", "--model", "shapes", "a red circle"];
+    args.extend(few_steps);
+    args.extend(["--image-candidates", "0", "--output", s(&output)]);
+    let out = unclip(&args);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("image candidates = 0; allowed: 1..=16"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A text pipeline without an image tower cannot rank and says what it lacks.
+    let model = fixtures().join("unclip_tiny");
+    let mut args = vec!["generate", "--model", s(&model), "a cat"];
+    args.extend(few_steps);
+    args.extend(["--image-candidates", "2", "--output", s(&output)]);
+    let out = unclip(&args);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("image_encoder"), "{}", stderr(&out));
+}

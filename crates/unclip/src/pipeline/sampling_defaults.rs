@@ -23,6 +23,7 @@ pub struct SamplingDefaults {
     pub super_res_steps: Option<usize>,
     pub prior_guidance: Option<f64>,
     pub decoder_guidance: Option<f64>,
+    pub image_candidates: Option<usize>,
 }
 
 impl GenerateOptions {
@@ -49,6 +50,7 @@ impl GenerateOptions {
             positive("super_res_steps", d.super_res_steps)?.unwrap_or(options.super_res_steps);
         options.prior_guidance = d.prior_guidance.unwrap_or(options.prior_guidance);
         options.decoder_guidance = d.decoder_guidance.unwrap_or(options.decoder_guidance);
+        options.image_candidates = d.image_candidates.unwrap_or(options.image_candidates);
         options.validate()?;
         Ok(options)
     }

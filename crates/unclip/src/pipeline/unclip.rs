@@ -12,7 +12,7 @@ use crate::diffusion::{
     classifier_free_guidance, NoiseSource, Sampler, Scheduler, SchedulerConfig,
 };
 use crate::error::{Error, Result};
-use crate::imageops::resize_bicubic_antialias;
+use crate::imageops::{resize_bicubic_antialias, to_rgb8};
 use crate::models::unet::{SampleSize, UNet2DConditionModel, UNet2DModel};
 use crate::models::{DecoderContext, PriorTransformer, TextProj};
 use crate::tokenizer::ClipTokenizer;
@@ -32,6 +32,11 @@ pub struct GenerateOptions {
     /// Draw this many prior samples per image and keep the one whose embedding has the highest
     /// dot product with the text embedding (unCLIP §2.2 uses 2). 1 reproduces the reference.
     pub prior_candidates: usize,
+    /// Decode this many images per image asked for and keep the one whose CLIP image embedding
+    /// is closest (cosine) to the prompt's text embedding, ranked at the decoder's resolution
+    /// before upsampling (CLIP reranking, as DALL-E ranked its samples). Needs the pipeline's
+    /// `image_encoder/`; 1 reproduces the reference.
+    pub image_candidates: usize,
 }
 
 impl Default for GenerateOptions {
@@ -45,6 +50,7 @@ impl Default for GenerateOptions {
             decoder_guidance: 8.0,
             sampler: Sampler::Ddpm,
             prior_candidates: 1,
+            image_candidates: 1,
         }
     }
 }
@@ -61,6 +67,12 @@ impl GenerateOptions {
             return Err(Error::InvalidInput(format!(
                 "prior candidates = {}; allowed: 1..=16",
                 self.prior_candidates
+            )));
+        }
+        if !(1..=16).contains(&self.image_candidates) {
+            return Err(Error::InvalidInput(format!(
+                "image candidates = {}; allowed: 1..=16",
+                self.image_candidates
             )));
         }
         for (name, g) in [
@@ -552,10 +564,15 @@ impl UnclipPipeline {
             return Err(Error::InvalidInput("no prompt given".into()));
         }
         self.require_prior()?;
+        let k = opts.image_candidates;
+        if k > 1 {
+            self.image_tower("ranking image candidates (image_candidates > 1)")?;
+        }
         let guided = opts.prior_guidance > 1.0 || opts.decoder_guidance > 1.0;
         let n = opts.images_per_prompt;
-        let cond = self.encode_text(prompts, n)?;
+        let cond = self.encode_text(prompts, n * k)?;
         let batch = cond.embeds.dim(0)?;
+        let text_embeds = cond.embeds.clone();
         let text = if guided {
             self.with_unconditional(cond)?
         } else {
@@ -563,7 +580,79 @@ impl UnclipPipeline {
         };
 
         let image_embeddings = self.sample_prior(&text, batch, guided, opts, noise, progress)?;
-        self.decode(&image_embeddings, &text, guided, opts, noise, progress)
+        let small = self.decode_small(&image_embeddings, &text, guided, opts, noise, progress)?;
+        let small = if k > 1 {
+            let picks = self.closest_to_text(&small, &text_embeds, k)?;
+            let picks: Vec<u32> = picks.iter().map(|&i| i as u32).collect();
+            small.index_select(&Tensor::new(picks.as_slice(), small.device())?, 0)?
+        } else {
+            small
+        };
+        to_images(&self.upsample(&small, opts, noise, progress)?)
+    }
+
+    /// CLIP reranking on its own: for each prompt, which of its k images (rows
+    /// `i·k .. i·k + k` of `images`, (B, C, h, w) in [-1, 1]) CLIP finds closest to it, as
+    /// indices into `images`.
+    pub fn closest_to_prompts<S: AsRef<str>>(
+        &self,
+        images: &Tensor,
+        prompts: &[S],
+        k: usize,
+    ) -> Result<Vec<usize>> {
+        let rows = images.dim(0)?;
+        if k == 0 || prompts.is_empty() || rows != prompts.len() * k {
+            return Err(Error::InvalidInput(format!(
+                "{rows} images for {} prompts with {k} candidates each; allowed: prompts x \
+                 candidates images, candidates >= 1",
+                prompts.len()
+            )));
+        }
+        let text = self.encode_text(prompts, k)?;
+        self.closest_to_text(images, &text.embeds, k)
+    }
+
+    /// Per group of k decoder samples (B, C, h, w) in [-1, 1], the index of the one whose CLIP
+    /// image embedding has the highest cosine similarity with its row of `text_embeds` (B, D).
+    fn closest_to_text(
+        &self,
+        samples: &Tensor,
+        text_embeds: &Tensor,
+        k: usize,
+    ) -> Result<Vec<usize>> {
+        self.image_tower("ranking image candidates")?;
+        let images = to_rgb8(&to_images(samples)?)?;
+        let image_embeds = self.image_embeddings_of(&images)?;
+        let normalise = |t: &Tensor| -> Result<Tensor> {
+            let norm = t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
+            Ok(t.broadcast_div(&norm.clamp(1e-12, f64::MAX)?)?)
+        };
+        let cosine = normalise(&image_embeds)?
+            .mul(&normalise(text_embeds)?)?
+            .sum(D::Minus1)?
+            .to_vec1::<f32>()?;
+        let picks: Vec<usize> = cosine
+            .chunks(k)
+            .enumerate()
+            .map(|(group, scores)| {
+                let best = scores
+                    .iter()
+                    .enumerate()
+                    .fold(
+                        (0, f32::NEG_INFINITY),
+                        |acc, (i, &s)| {
+                            if s > acc.1 {
+                                (i, s)
+                            } else {
+                                acc
+                            }
+                        },
+                    )
+                    .0;
+                group * k + best
+            })
+            .collect();
+        Ok(picks)
     }
 
     /// Image variations: embed each image with CLIP and decode again.
@@ -581,7 +670,7 @@ impl UnclipPipeline {
 
     /// CLIP image embeddings (B, D) of image files, unnormalised as the decoder was trained on.
     pub fn image_embeddings(&self, images: &[impl AsRef<Path>]) -> Result<Tensor> {
-        let (encoder, processor) = self.image_tower()?;
+        let (encoder, processor) = self.image_tower("variations")?;
         if images.is_empty() {
             return Err(Error::InvalidInput("no image given".into()));
         }
@@ -591,7 +680,7 @@ impl UnclipPipeline {
 
     /// CLIP image embeddings (B, D) of in-memory images, as `image_embeddings`.
     pub fn image_embeddings_of(&self, images: &[image::RgbImage]) -> Result<Tensor> {
-        let (encoder, processor) = self.image_tower()?;
+        let (encoder, processor) = self.image_tower("variations")?;
         if images.is_empty() {
             return Err(Error::InvalidInput("no image given".into()));
         }
@@ -599,13 +688,14 @@ impl UnclipPipeline {
         encoder.image_features(&pixels)
     }
 
-    fn image_tower(&self) -> Result<(&ClipModel, &ClipImageProcessor)> {
+    fn image_tower(&self, purpose: &str) -> Result<(&ClipModel, &ClipImageProcessor)> {
         match (&self.image_encoder, &self.feature_extractor) {
             (Some(e), Some(p)) => Ok((e, p)),
             _ => Err(Error::Checkpoint {
                 path: self.dir.clone(),
-                message: "the pipeline has no `image_encoder/` component; variations need one"
-                    .into(),
+                message: format!(
+                    "the pipeline has no `image_encoder/` component, which {purpose} needs"
+                ),
             }),
         }
     }
@@ -665,6 +755,20 @@ impl UnclipPipeline {
         noise: &mut NoiseSource,
         progress: &mut Progress,
     ) -> Result<Tensor> {
+        let small = self.decode_small(image_embeddings, text, guided, opts, noise, progress)?;
+        to_images(&self.upsample(&small, opts, noise, progress)?)
+    }
+
+    /// The decoder alone: samples (B, C, h, w) in [-1, 1] from image embeddings (B, D).
+    fn decode_small(
+        &self,
+        image_embeddings: &Tensor,
+        text: &EncodedText,
+        guided: bool,
+        opts: &GenerateOptions,
+        noise: &mut NoiseSource,
+        progress: &mut Progress,
+    ) -> Result<Tensor> {
         let batch = image_embeddings.dim(0)?;
         let condition =
             self.decoder_condition(image_embeddings, text, guided, opts.decoder_guidance)?;
@@ -679,9 +783,7 @@ impl UnclipPipeline {
             progress,
             |_, x, t| self.decoder_output(&condition, x, t),
         )?;
-        let small = small.clamp(-1.0, 1.0)?;
-        let image = self.upsample(&small, opts, noise, progress)?;
-        to_images(&image)
+        Ok(small.clamp(-1.0, 1.0)?)
     }
 
     /// The upsamplers from the decoder's samples in [-1, 1] (the samples themselves without).

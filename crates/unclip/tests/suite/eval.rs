@@ -345,3 +345,61 @@ fn caption_evaluation_scores_generated_and_real_images() {
     let _ = std::fs::remove_dir_all(&model);
     let _ = std::fs::remove_dir_all(&data);
 }
+
+/// The built-in shapes model, whose CLIP ranks image candidates.
+fn shapes_model() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models/shapes")
+}
+
+/// (B, 3, 64, 64) in [-1, 1], as decoder samples reach the reranking.
+fn as_samples(images: &[RgbImage]) -> candle_core::Tensor {
+    let mut values = Vec::new();
+    for image in images {
+        for c in 0..3 {
+            for p in image.pixels() {
+                values.push(p[c] as f32 / 127.5 - 1.0);
+            }
+        }
+    }
+    candle_core::Tensor::from_vec(
+        values,
+        (images.len(), 3, CANVAS as usize, CANVAS as usize),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn reranking_picks_the_candidate_that_shows_the_prompt() {
+    let pipeline = UnclipPipeline::load(&shapes_model(), &Device::Cpu).unwrap();
+    let prompts = [
+        "a red circle",
+        "three blue squares",
+        "a yellow triangle and a green square",
+    ];
+    let scenes: Vec<RgbImage> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| rendered(&parse(p), i as u64))
+        .collect();
+    let blank = RgbImage::from_pixel(CANVAS, CANVAS, Rgb(BACKGROUND));
+    // Each prompt's group holds a blank canvas and the three scenes, its own at a different place.
+    let mut candidates = Vec::new();
+    for group in 0..prompts.len() {
+        candidates.push(blank.clone());
+        for offset in 0..prompts.len() {
+            candidates.push(scenes[(group + offset) % prompts.len()].clone());
+        }
+    }
+    let k = prompts.len() + 1;
+    let picks = pipeline
+        .closest_to_prompts(&as_samples(&candidates), &prompts, k)
+        .unwrap();
+    assert_eq!(picks, vec![1, k + 1, 2 * k + 1]);
+
+    let err = pipeline
+        .closest_to_prompts(&as_samples(&candidates), &prompts, 2)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("12 images for 3 prompts"), "{err}");
+}

@@ -134,3 +134,43 @@ fn a_text_pipeline_refuses_variations_and_names_the_component() {
         .to_string();
     assert!(err.contains("image_encoder"), "{err}");
 }
+
+#[test]
+fn reranking_image_candidates_needs_an_image_encoder_and_says_so() {
+    let pipeline = UnclipPipeline::load(&oracle_dir().join("unclip_tiny"), &Device::Cpu).unwrap();
+    let opts = GenerateOptions {
+        image_candidates: 2,
+        ..GenerateOptions::default()
+    };
+    let err = pipeline
+        .generate(
+            &["a cat"],
+            &opts,
+            &mut NoiseSource::seeded(0),
+            &mut |_, _, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("image_encoder") && err.contains("image_candidates"),
+        "{err}"
+    );
+
+    let too_many = GenerateOptions {
+        image_candidates: 17,
+        ..GenerateOptions::default()
+    };
+    let err = pipeline
+        .generate(
+            &["a cat"],
+            &too_many,
+            &mut NoiseSource::seeded(0),
+            &mut |_, _, _| {},
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("image candidates = 17; allowed: 1..=16"),
+        "{err}"
+    );
+}
