@@ -282,6 +282,17 @@ fn describe_shapes(score: &ShapesScore) -> String {
         "{:<9} {:.3}  (mean of the per-form accuracies)",
         "overall", score.overall
     ));
+    if !score.failures.is_empty() {
+        lines.push("failed images, by what was wrong:".to_string());
+    }
+    for (form, kinds) in &score.failures {
+        let failed: usize = kinds.values().sum();
+        let each: Vec<String> = kinds
+            .iter()
+            .map(|(kind, n)| format!("{} {n}", kind.name().replace('_', " ")))
+            .collect();
+        lines.push(format!("{:<9} {failed}: {}", form.name(), each.join(", ")));
+    }
     lines.join("\n")
 }
 

@@ -939,6 +939,16 @@ fn eval_shapes_runs_on_the_tiny_pipeline_and_reports_every_form() {
     let images = verdicts["images"].as_array().unwrap();
     assert_eq!(images.len(), 8);
     assert_eq!(images[2]["prompt"], "three blue squares");
+    // Each failed image names its kind of failure, and the report counts them by form.
+    let failed = images.iter().filter(|i| i["pass"] == false).count();
+    assert!(images
+        .iter()
+        .all(|i| (i["pass"] == true) == i["failure"].is_null()));
+    assert_eq!(
+        text.contains("failed images, by what was wrong:"),
+        failed > 0,
+        "{text}"
+    );
     let file = images[2]["file"].as_str().unwrap();
     assert!(save.join(file).is_file(), "{file}");
 

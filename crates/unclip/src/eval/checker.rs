@@ -10,6 +10,8 @@
 //!   [`RelationMargin::CHECK`].
 //!
 //! Extra objects fail every form: a model that paints a third shape has not drawn the prompt.
+//! A failure is also named by its kind ([`FailureKind`]), so an evaluation can say how many
+//! images failed on counts, colors, shapes, binding, size or position.
 //! Beside the verdict, two partial scores: *colors* (the set of colors present is the set the
 //! prompt names) and *binding* (for the two-object forms: each named color sits on its named
 //! shape, so "a red circle and a blue square" drawn as a blue circle and a red square has the
@@ -40,6 +42,8 @@ pub struct Verdict {
     pub binding: Option<bool>,
     /// Why the image fails, in words; empty when it passes.
     pub reason: String,
+    /// What kind of failure; `None` when it passes.
+    pub failure: Option<FailureKind>,
     pub objects: Vec<DetectedObject>,
 }
 
@@ -69,15 +73,105 @@ pub fn check(prompt: &Prompt, image: &RgbImage) -> Verdict {
         }
         Form::Single | Form::Counting => None,
     };
-    let reason = failure(prompt, &objects).unwrap_or_default();
+    let failure = failure_kind(prompt, &objects);
+    let reason = failure
+        .and_then(|_| failure_reason(prompt, &objects))
+        .unwrap_or_default();
     Verdict {
         prompt: *prompt,
         form: prompt.form(),
-        pass: reason.is_empty(),
+        pass: failure.is_none(),
         colors,
         binding,
         reason,
+        failure,
         objects,
+    }
+}
+
+/// What an image that fails its prompt got wrong, the first that applies in this order: the
+/// number of objects (nothing else can be matched up past a wrong count), their colors, their
+/// shapes, which color sits on which shape, then the size class (single prompts) or the
+/// placement (relation prompts). Each kind is judged on the whole set of objects, as multisets,
+/// so "a red circle and a blue square" drawn as a blue circle and a red square is `Binding`,
+/// not `Color` or `Shape`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailureKind {
+    TooFew,
+    TooMany,
+    Color,
+    Shape,
+    Binding,
+    Size,
+    Position,
+}
+
+impl FailureKind {
+    pub const ALL: [FailureKind; 7] = [
+        FailureKind::TooFew,
+        FailureKind::TooMany,
+        FailureKind::Color,
+        FailureKind::Shape,
+        FailureKind::Binding,
+        FailureKind::Size,
+        FailureKind::Position,
+    ];
+
+    /// The name used in reports (and in JSON).
+    pub fn name(self) -> &'static str {
+        match self {
+            FailureKind::TooFew => "too_few",
+            FailureKind::TooMany => "too_many",
+            FailureKind::Color => "color",
+            FailureKind::Shape => "shape",
+            FailureKind::Binding => "binding",
+            FailureKind::Size => "size",
+            FailureKind::Position => "position",
+        }
+    }
+}
+
+fn sorted<T: Ord>(mut items: Vec<T>) -> Vec<T> {
+    items.sort();
+    items
+}
+
+/// `None` when `objects` show `prompt`, otherwise the kind of failure (see [`FailureKind`]).
+pub fn failure_kind(prompt: &Prompt, objects: &[DetectedObject]) -> Option<FailureKind> {
+    let named = named_objects(prompt);
+    if objects.len() < named.len() {
+        return Some(FailureKind::TooFew);
+    }
+    if objects.len() > named.len() {
+        return Some(FailureKind::TooMany);
+    }
+    let colors = |o: &[Color]| sorted(o.to_vec());
+    let named_colors: Vec<Color> = named.iter().map(|o| o.color).collect();
+    let found_colors: Vec<Color> = objects.iter().map(|o| o.color).collect();
+    if colors(&named_colors) != colors(&found_colors) {
+        return Some(FailureKind::Color);
+    }
+    let named_shapes = sorted(named.iter().map(|o| Some(o.shape)).collect());
+    if named_shapes != sorted(objects.iter().map(|o| o.shape).collect()) {
+        return Some(FailureKind::Shape);
+    }
+    let named_pairs = sorted(named.iter().map(|o| (o.color, Some(o.shape))).collect());
+    if named_pairs != sorted(objects.iter().map(|o| (o.color, o.shape)).collect()) {
+        return Some(FailureKind::Binding);
+    }
+    match *prompt {
+        Prompt::Single { size, .. } if size.is_some_and(|s| s != objects[0].size) => {
+            Some(FailureKind::Size)
+        }
+        Prompt::Relation { a, relation, b } => {
+            let Some((oa, ob)) = match_pair(objects, a, b) else {
+                return Some(FailureKind::Binding);
+            };
+            (!relation.holds(oa.centroid, ob.centroid, RelationMargin::CHECK))
+                .then_some(FailureKind::Position)
+        }
+        _ => None,
     }
 }
 
@@ -111,8 +205,8 @@ fn is(o: &DetectedObject, want: ColoredShape) -> bool {
     o.color == want.color && o.shape == Some(want.shape)
 }
 
-/// `None` when `objects` show `prompt`, otherwise what is wrong.
-fn failure(prompt: &Prompt, objects: &[DetectedObject]) -> Option<String> {
+/// `None` when `objects` show `prompt`, otherwise what is wrong, in words.
+fn failure_reason(prompt: &Prompt, objects: &[DetectedObject]) -> Option<String> {
     let found = || {
         let all: Vec<String> = objects.iter().map(describe).collect();
         if all.is_empty() {

@@ -4,9 +4,11 @@
 //! Accuracy is over images (a prompt with K images counts K times). The overall score is the
 //! unweighted mean of the accuracies of the forms that were evaluated, so a prompt list heavy
 //! in one form does not hide a failing form. Colors are averaged over all images, binding over
-//! the pair and relation images (the only forms it applies to).
+//! the pair and relation images (the only forms it applies to). Failed images are also counted
+//! by form and by kind of failure, so a report says what the model gets wrong, not only how
+//! often.
 
-use super::checker::Verdict;
+use super::checker::{FailureKind, Verdict};
 use crate::data::shapes::grammar::Form;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -29,6 +31,8 @@ pub struct ShapesScore {
     pub binding: Option<f64>,
     /// The mean of the per-form accuracies (0 when nothing was scored).
     pub overall: f64,
+    /// Failed images by form and kind of failure; a form or kind with none is left out.
+    pub failures: BTreeMap<Form, BTreeMap<FailureKind, usize>>,
 }
 
 impl ShapesScore {
@@ -36,7 +40,11 @@ impl ShapesScore {
         let mut per_form: BTreeMap<Form, (usize, usize)> = BTreeMap::new();
         let (mut images, mut colors) = (0usize, 0usize);
         let (mut bound, mut binding_images) = (0usize, 0usize);
+        let mut failures: BTreeMap<Form, BTreeMap<FailureKind, usize>> = BTreeMap::new();
         for v in verdicts {
+            if let Some(kind) = v.failure {
+                *failures.entry(v.form).or_default().entry(kind).or_default() += 1;
+            }
             images += 1;
             let entry = per_form.entry(v.form).or_default();
             entry.0 += 1;
@@ -70,6 +78,7 @@ impl ShapesScore {
             colors: ratio(colors, images),
             binding: (binding_images > 0).then(|| ratio(bound, binding_images)),
             overall,
+            failures,
         }
     }
 }

@@ -15,7 +15,7 @@ use unclip::data::shapes::{
 use unclip::data::{DataSource, ImageFolder};
 use unclip::eval::{
     check, check_text, evaluate_captions, evaluate_shapes, CaptionsEvalOptions, EvalStart,
-    ShapesEvalOptions, ShapesScore,
+    FailureKind, ShapesEvalOptions, ShapesScore,
 };
 use unclip::pipeline::{GenerateOptions, UnclipPipeline};
 
@@ -36,6 +36,7 @@ fn rendered_ground_truth_scores_one_on_every_form() {
             let prompt = Prompt::sample_form(&mut rng, form);
             let v = check(&prompt, &rendered(&prompt, i));
             assert!(v.pass, "{prompt}: {}", v.reason);
+            assert_eq!(v.failure, None, "{prompt}");
             assert!(v.colors, "{prompt}");
             let two_objects = matches!(form, Form::Pair | Form::Relation);
             assert_eq!(v.binding, two_objects.then_some(true), "{prompt}");
@@ -47,6 +48,7 @@ fn rendered_ground_truth_scores_one_on_every_form() {
     for (form, f) in &score.per_form {
         assert_eq!(f.accuracy, 1.0, "{form}");
     }
+    assert!(score.failures.is_empty(), "{:?}", score.failures);
     assert_eq!(
         (score.colors, score.binding, score.overall),
         (1.0, Some(1.0), 1.0)
@@ -103,6 +105,14 @@ fn a_blank_image_scores_zero() {
         (score.overall, score.colors, score.binding),
         (0.0, 0.0, Some(0.0))
     );
+    // Every blank image failed for want of objects, counted under its form.
+    for form in Form::ALL {
+        assert_eq!(
+            score.failures[&form].iter().collect::<Vec<_>>(),
+            [(&FailureKind::TooFew, &10)],
+            "{form}"
+        );
+    }
 }
 
 #[test]
@@ -122,32 +132,48 @@ fn swapped_colors_keep_the_colors_and_fail_binding() {
             assert!(!v.pass, "{asked} vs {drawn}");
             assert!(v.colors, "{asked} vs {drawn}");
             assert_eq!(v.binding, Some(false), "{asked} vs {drawn}");
+            assert_eq!(v.failure, Some(FailureKind::Binding), "{asked} vs {drawn}");
         }
     }
 }
 
 #[test]
 fn wrong_counts_sizes_shapes_and_relations_fail() {
+    use FailureKind::*;
     let cases = [
-        ("two red circles", "three red circles"),
-        ("four blue squares", "three blue squares"),
-        ("three yellow triangles", "three yellow circles"),
-        ("a large purple square", "a small purple square"),
-        ("a red circle", "a red circle and a blue square"),
+        ("two red circles", "three red circles", TooMany),
+        ("four blue squares", "three blue squares", TooFew),
+        ("three yellow triangles", "three yellow circles", Shape),
+        ("a large purple square", "a small purple square", Size),
+        ("a red circle", "a blue circle", Color),
+        ("a red circle", "a red circle and a blue square", TooMany),
+        (
+            "a red circle and a blue square",
+            "a red circle and a green square",
+            Color,
+        ),
+        (
+            "a red circle and a blue square",
+            "a red circle and a blue triangle",
+            Shape,
+        ),
         (
             "a red circle above a blue square",
             "a red circle below a blue square",
+            Position,
         ),
         (
             "a red circle to the left of a blue square",
             "a red circle to the right of a blue square",
+            Position,
         ),
     ];
-    for (asked, drawn) in cases {
+    for (asked, drawn, kind) in cases {
         for seed in 0..5 {
             let v = check(&parse(asked), &rendered(&parse(drawn), seed));
             assert!(!v.pass, "{asked} passed on a render of {drawn}");
             assert!(!v.reason.is_empty());
+            assert_eq!(v.failure, Some(kind), "{asked} on a render of {drawn}");
         }
     }
     // A relation with the right objects in the wrong place keeps colors and binding.
@@ -157,6 +183,33 @@ fn wrong_counts_sizes_shapes_and_relations_fail() {
     );
     assert!(v.colors && v.binding == Some(true) && !v.pass);
     assert!(v.reason.contains("is not above"), "{}", v.reason);
+}
+
+#[test]
+fn a_failure_always_has_a_kind_and_a_reason() {
+    // Each prompt checked against the render of another prompt: whatever the verdict, passing,
+    // an empty reason and no failure kind go together.
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let mut failed = 0;
+    for i in 0..400 {
+        let asked = Prompt::sample(&mut rng, &Form::ALL).unwrap();
+        let drawn = Prompt::sample(&mut rng, &Form::ALL).unwrap();
+        let v = check(&asked, &rendered(&drawn, i));
+        assert_eq!(
+            v.pass,
+            v.reason.is_empty(),
+            "{asked} on {drawn}: {}",
+            v.reason
+        );
+        assert_eq!(
+            v.pass,
+            v.failure.is_none(),
+            "{asked} on {drawn}: {:?}",
+            v.failure
+        );
+        failed += usize::from(!v.pass);
+    }
+    assert!(failed > 300, "{failed}");
 }
 
 #[test]
