@@ -23,20 +23,21 @@ R=models/recipes
 START=$(date +%s)
 mkdir -p "$WORK"
 [ -d "$WORK/data/006" ] || "$UNCLIP" data shapes --n 50000 --seed 1 --out "$WORK/data" >/dev/null 2>&1
-spec() { # name -> config batch lr init
+spec() { # name -> config batch lr init set
   case $1 in
-    d64) echo "$R/decoder-shapes-64.json 64 0.0008 -" ;;
-    d64i) echo "$R/decoder-shapes-64-from-32.json 64 0.0003 models/shapes" ;;
-    d32) echo "$R/decoder-shapes.json 128 0.0003 models/shapes" ;;
+    d64) echo "$R/decoder-shapes-64.json 64 0.0008 - -" ;;
+    d64i) echo "$R/decoder-shapes.json 64 0.0003 models/shapes unet.sample_size=64" ;;
+    d32) echo "$R/decoder-shapes.json 128 0.0003 models/shapes -" ;;
   esac
 }
 train() { # name out steps checkpoint_every
-  read -r cfg batch lr init <<<"$(spec "$1")"
-  local from=()
+  read -r cfg batch lr init set <<<"$(spec "$1")"
+  local from=() sets=()
   [ "$init" != - ] && from=(--init-from "$init")
+  [ "$set" != - ] && sets=(--set "$set")
   RAYON_NUM_THREADS=4 "$UNCLIP" train decoder --device "$DEVICE" --data "$WORK/data" --clip models/shapes \
-    --out "$2" --config "$cfg" --batch-size "$batch" --lr "$lr" "${from[@]}" --max-steps "$3" \
-    --checkpoint-every "$4" --keep 1 --workers 3
+    --out "$2" --config "$cfg" "${sets[@]}" --batch-size "$batch" --lr "$lr" "${from[@]}" \
+    --max-steps "$3" --checkpoint-every "$4" --keep 1 --workers 3
 }
 step_seconds() { # train_log.jsonl batch -> median seconds per step after the first 10
   python3 - "$1" "$2" <<'PY'

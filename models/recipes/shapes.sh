@@ -38,10 +38,10 @@ W=$WORK/shapes
 # 10^-4 instead of 3*10^-4 scored 0.36. Then 5,000 more the same way on a fresh schedule (1 h 50
 # min): 0.39 -> 0.43 (seed 0), 0.37 -> 0.41 (seed 1). The committed decoder is that run's end.
 "$UNCLIP" train decoder --data "$W/data" --clip "$W/clip" --out "$W/decoder-snr" \
-  --config $R/decoder-shapes-min-snr.json --init-from "$W/decoder-more" --lr 0.0003 \
+  --config $R/decoder-shapes.json --set min_snr_gamma=5 --init-from "$W/decoder-more" --lr 0.0003 \
   --max-steps 6000 --checkpoint-every 500 --workers 1
 "$UNCLIP" train decoder --data "$W/data" --clip "$W/clip" --out "$W/decoder-snr2" \
-  --config $R/decoder-shapes-min-snr.json --init-from "$W/decoder-snr" --lr 0.0003 \
+  --config $R/decoder-shapes.json --set min_snr_gamma=5 --init-from "$W/decoder-snr" --lr 0.0003 \
   --max-steps 5000 --checkpoint-every 500 --workers 1
 [ -d "$WORK/upsampler/super_res_first" ] || WORK=$WORK bash $R/upsampler.sh
 "$UNCLIP" assemble --clip "$W/clip" --prior "$W/prior" --decoder "$W/decoder-snr2" \

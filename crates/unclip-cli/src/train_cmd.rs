@@ -10,9 +10,9 @@ use unclip::data::DataSource;
 use unclip::device::parse_device;
 use unclip::pipeline::{assemble, PipelineParts};
 use unclip::train::{
-    build_embedding_cache, load_recipe, run_training, ClipRecipe, ClipStage, DecoderRecipe,
-    DecoderStage, EmbeddingCache, FrozenClip, PriorRecipe, PriorStage, RunOptions, TrainSettings,
-    TrainStage, UpsamplerRecipe, UpsamplerStage,
+    build_embedding_cache, load_recipe_with, run_training, save_recipe, ClipRecipe, ClipStage,
+    DecoderRecipe, DecoderStage, EmbeddingCache, FrozenClip, PriorRecipe, PriorStage,
+    RecipeOverride, RunOptions, TrainSettings, TrainStage, UpsamplerRecipe, UpsamplerStage,
 };
 
 #[derive(Args)]
@@ -35,6 +35,11 @@ pub struct StageArgs {
     /// A recipe JSON instead of a preset (same fields as models/presets/<stage>-*.json).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Changes one recipe field by its dotted path, e.g. --set min_snr_gamma=5 or
+    /// --set unet.sample_size=64 (repeatable; the value is read as JSON). The recipe used is
+    /// written to OUT/recipe.json.
+    #[arg(long = "set", value_name = "FIELD=VALUE", value_parser = parse_override)]
+    pub set: Vec<RecipeOverride>,
     #[arg(long, default_value_t = 1000)]
     pub max_steps: usize,
     /// Overrides the recipe's batch size.
@@ -111,6 +116,23 @@ pub struct AssembleArgs {
     pub dtype: String,
 }
 
+fn parse_override(text: &str) -> std::result::Result<RecipeOverride, String> {
+    RecipeOverride::parse(text).map_err(|e| e.to_string())
+}
+
+/// The stage's recipe: the preset or --config, then --set.
+fn recipe<T: serde::Serialize + serde::de::DeserializeOwned>(
+    stage: &str,
+    args: &StageArgs,
+) -> Result<T> {
+    Ok(load_recipe_with(
+        stage,
+        &args.preset,
+        args.config.as_deref(),
+        &args.set,
+    )?)
+}
+
 fn settings(train: &mut TrainSettings, args: &StageArgs) {
     if let Some(b) = args.batch_size {
         train.batch_size = b;
@@ -130,7 +152,13 @@ fn clip(args: &StageArgs, stage: &str) -> Result<FrozenClip> {
     Ok(FrozenClip::load(dir, &parse_device(&args.device)?)?)
 }
 
-fn run(stage: &dyn TrainStage, train: &TrainSettings, args: &StageArgs) -> Result<()> {
+fn run<T: serde::Serialize>(
+    stage: &dyn TrainStage,
+    recipe: &T,
+    train: &TrainSettings,
+    args: &StageArgs,
+) -> Result<()> {
+    save_recipe(&args.out, recipe)?;
     let opts = RunOptions {
         data: args.data.clone(),
         val_data: args.val_data.clone(),
@@ -160,7 +188,7 @@ fn run(stage: &dyn TrainStage, train: &TrainSettings, args: &StageArgs) -> Resul
     bar.finish();
     eprintln!(
         "{}: steps {}..{} in {:.1}s, loss {:.4} -> {:.4}, {} unreadable records skipped; model, checkpoints, \
-         train_log.jsonl, loss.png and samples/ in {}",
+         recipe.json, train_log.jsonl, loss.png and samples/ in {}",
         summary.stage,
         summary.first_step,
         summary.steps,
@@ -180,8 +208,7 @@ pub fn clip_command(args: crate::cli::TrainClipArgs) -> Result<()> {
             "--clip and --embeddings are for the prior and decoder, not for training CLIP itself"
         );
     }
-    let mut recipe: ClipRecipe =
-        load_recipe("clip", &stage_args.preset, stage_args.config.as_deref())?;
+    let mut recipe: ClipRecipe = recipe("clip", &stage_args)?;
     settings(&mut recipe.train, &stage_args);
     // Fine-tuning keeps the vocabulary its embeddings were learnt with.
     let tokenizer = args.tokenizer.clone().or_else(|| {
@@ -200,11 +227,11 @@ pub fn clip_command(args: crate::cli::TrainClipArgs) -> Result<()> {
         stage_args.seed,
         &parse_device(&stage_args.device)?,
     )?;
-    run(&stage, &recipe.train, &stage_args)
+    run(&stage, &recipe, &recipe.train, &stage_args)
 }
 
 pub fn prior(args: StageArgs) -> Result<()> {
-    let mut recipe: PriorRecipe = load_recipe("prior", &args.preset, args.config.as_deref())?;
+    let mut recipe: PriorRecipe = recipe("prior", &args)?;
     settings(&mut recipe.train, &args);
     let cache = args
         .embeddings
@@ -212,7 +239,7 @@ pub fn prior(args: StageArgs) -> Result<()> {
         .map(EmbeddingCache::load)
         .transpose()?;
     let stage = PriorStage::new(&recipe, clip(&args, "prior")?, &args.data, args.seed, cache)?;
-    run(&stage, &recipe.train, &args)
+    run(&stage, &recipe, &recipe.train, &args)
 }
 
 pub fn embed_dataset(args: EmbedDatasetArgs) -> Result<()> {
@@ -235,18 +262,17 @@ pub fn decoder(args: StageArgs) -> Result<()> {
     if args.embeddings.is_some() {
         bail!("--embeddings is for the prior; the decoder reads images");
     }
-    let mut recipe: DecoderRecipe = load_recipe("decoder", &args.preset, args.config.as_deref())?;
+    let mut recipe: DecoderRecipe = recipe("decoder", &args)?;
     settings(&mut recipe.train, &args);
     let stage = DecoderStage::new(&recipe, clip(&args, "decoder")?, args.seed)?;
-    run(&stage, &recipe.train, &args)
+    run(&stage, &recipe, &recipe.train, &args)
 }
 
 pub fn upsampler(args: StageArgs) -> Result<()> {
-    let mut recipe: UpsamplerRecipe =
-        load_recipe("upsampler", &args.preset, args.config.as_deref())?;
+    let mut recipe: UpsamplerRecipe = recipe("upsampler", &args)?;
     settings(&mut recipe.train, &args);
     let stage = UpsamplerStage::new(&recipe, args.seed, &parse_device(&args.device)?)?;
-    run(&stage, &recipe.train, &args)
+    run(&stage, &recipe, &recipe.train, &args)
 }
 
 pub fn assemble_command(args: AssembleArgs) -> Result<()> {

@@ -315,6 +315,83 @@ fn recipe_with_unknown_field_is_named() {
 }
 
 #[test]
+fn recipe_overrides_are_checked_and_the_recipe_used_is_saved() {
+    let dir = scratch("recipe-set");
+    // The U-Net section takes diffusers' config.json as it is, so a misspelt field there would be
+    // dropped by the parser; --set must still name it.
+    for (set, named) in [
+        ("unet.sampel_size=64", "unet.sampel_size"),
+        ("unett.sample_size=64", "unett"),
+        ("min_snr_gamma=high", "min_snr_gamma"),
+        ("min_snr_gamma", "FIELD=VALUE"),
+    ] {
+        let out = unclip(&[
+            "train",
+            "decoder",
+            "--data",
+            s(&dir),
+            "--out",
+            s(&dir.join("refused")),
+            "--set",
+            set,
+        ]);
+        assert_eq!(
+            out.status.code(),
+            Some(if set.contains('=') { 1 } else { 2 })
+        );
+        assert!(
+            stderr(&out).contains(named),
+            "--set {set}: {}",
+            stderr(&out)
+        );
+    }
+    assert!(
+        !dir.join("refused").exists(),
+        "a refused run wrote its output folder"
+    );
+
+    let data = dir.join("data");
+    assert!(unclip(&["data", "shapes", "--n", "16", "--out", s(&data)])
+        .status
+        .success());
+    let clip = fixtures().join("clip_tiny_legacy");
+    let first = dir.join("first");
+    let prior = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "train",
+            "prior",
+            "--data",
+            s(&data),
+            "--clip",
+            s(&clip),
+            "--out",
+            s(out),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--validate-every",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        unclip(&args)
+    };
+    let out = prior(&first, &["--set", "train.ema_decay=0.5", "--lr", "0.01"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let used: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(first.join("recipe.json")).unwrap()).unwrap();
+    assert_eq!(used["train"]["ema_decay"], serde_json::json!(0.5));
+    assert_eq!(used["train"]["learning_rate"], serde_json::json!(0.01));
+    let again = dir.join("again");
+    let out = prior(&again, &["--config", s(&first.join("recipe.json"))]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(again.join("recipe.json")).unwrap(),
+        std::fs::read_to_string(first.join("recipe.json")).unwrap()
+    );
+}
+
+#[test]
 fn converted_layouts_reload_and_embed() {
     let model = fixtures().join("clip_tiny");
     let dir = scratch("convert");

@@ -1,8 +1,11 @@
 //! Built-in training recipes (`models/presets/<stage>-<size>.json`) and recipe files: the same
 //! JSON either way, with unknown fields refused by name.
 
+use super::recipe_overrides::{apply_overrides, check_applied, RecipeOverride};
+use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::path::Path;
 
 pub const PRESETS: [&str; 3] = ["tiny", "small", "medium"];
@@ -26,20 +29,27 @@ fn builtin(stage: &str, preset: &str) -> Option<&'static str> {
 }
 
 /// The recipe of `stage` from `--config FILE`, else from `--preset NAME`.
-pub fn load_recipe<T: DeserializeOwned>(
+pub fn load_recipe<T: Serialize + DeserializeOwned>(
     stage: &str,
     preset: &str,
     config: Option<&Path>,
 ) -> Result<T> {
-    match config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-            serde_json::from_str(&text).map_err(|source| Error::Json {
-                path: path.to_path_buf(),
-                what: "a training recipe",
-                source,
-            })
-        }
+    load_recipe_with(stage, preset, config, &[])
+}
+
+/// [`load_recipe`] with `--set FIELD=VALUE` overrides applied before the recipe is parsed, so
+/// an overridden value is checked like one written in the file.
+pub fn load_recipe_with<T: Serialize + DeserializeOwned>(
+    stage: &str,
+    preset: &str,
+    config: Option<&Path>,
+    overrides: &[RecipeOverride],
+) -> Result<T> {
+    let (text, origin) = match config {
+        Some(path) => (
+            std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?,
+            path.display().to_string(),
+        ),
         None => {
             let text = builtin(stage, preset).ok_or_else(|| {
                 Error::InvalidInput(format!(
@@ -47,8 +57,42 @@ pub fn load_recipe<T: DeserializeOwned>(
                     PRESETS.join(", ")
                 ))
             })?;
-            serde_json::from_str(text)
-                .map_err(|e| Error::config(format!("preset {stage}-{preset}"), e.to_string()))
+            (text.to_string(), format!("preset {stage}-{preset}"))
         }
-    }
+    };
+    let json_error = |source: serde_json::Error| match config {
+        Some(path) => Error::Json {
+            path: path.to_path_buf(),
+            what: "a training recipe",
+            source,
+        },
+        None => Error::config(origin.clone(), source.to_string()),
+    };
+    let mut value: serde_json::Value = serde_json::from_str(&text).map_err(json_error)?;
+    apply_overrides(&mut value, overrides, stage)?;
+    let recipe: T = serde_json::from_value(value).map_err(|e| {
+        if overrides.is_empty() {
+            json_error(e)
+        } else {
+            let set: Vec<String> = overrides.iter().map(RecipeOverride::field).collect();
+            Error::config(
+                format!("{origin} with --set {}", set.join(", ")),
+                e.to_string(),
+            )
+        }
+    })?;
+    let parsed =
+        serde_json::to_value(&recipe).map_err(|e| Error::config(origin.clone(), e.to_string()))?;
+    check_applied(&parsed, overrides, stage)?;
+    Ok(recipe)
+}
+
+/// Writes the recipe a run actually used (after --set, --lr, --batch-size) as `dir/recipe.json`,
+/// so that `--config dir/recipe.json` repeats it.
+pub fn save_recipe<T: Serialize>(dir: &Path, recipe: &T) -> Result<()> {
+    let path = dir.join("recipe.json");
+    let mut text =
+        serde_json::to_string_pretty(recipe).map_err(|e| Error::config("recipe", e.to_string()))?;
+    text.push('\n');
+    write_atomic(&path, text.as_bytes())
 }
