@@ -289,6 +289,27 @@ fn devices_are_checked_before_any_work() {
     assert!(!out_dir.exists(), "a refused run wrote its output folder");
 }
 
+/// `train prior` on shapes data against the tiny CLIP fixture, with no validation passes; `extra`
+/// adds the flags a test is about.
+fn tiny_prior_training(data: &Path, out: &Path, max_steps: &str, extra: &[&str]) -> Vec<String> {
+    let clip = fixtures().join("clip_tiny_legacy");
+    let base = [
+        "train",
+        "prior",
+        "--data",
+        s(data),
+        "--clip",
+        s(&clip),
+        "--out",
+        s(out),
+        "--max-steps",
+        max_steps,
+        "--validate-every",
+        "0",
+    ];
+    base.iter().chain(extra).map(|a| a.to_string()).collect()
+}
+
 #[test]
 fn recipe_with_unknown_field_is_named() {
     let dir = scratch("recipe");
@@ -354,27 +375,10 @@ fn recipe_overrides_are_checked_and_the_recipe_used_is_saved() {
     assert!(unclip(&["data", "shapes", "--n", "16", "--out", s(&data)])
         .status
         .success());
-    let clip = fixtures().join("clip_tiny_legacy");
     let first = dir.join("first");
     let prior = |out: &Path, extra: &[&str]| {
-        let mut args = vec![
-            "train",
-            "prior",
-            "--data",
-            s(&data),
-            "--clip",
-            s(&clip),
-            "--out",
-            s(out),
-            "--max-steps",
-            "2",
-            "--batch-size",
-            "4",
-            "--validate-every",
-            "0",
-        ];
-        args.extend_from_slice(extra);
-        unclip(&args)
+        let args = tiny_prior_training(&data, out, "2", &[&["--batch-size", "4"], extra].concat());
+        unclip(&args.iter().map(String::as_str).collect::<Vec<_>>())
     };
     let out = prior(&first, &["--set", "train.ema_decay=0.5", "--lr", "0.01"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -648,33 +652,16 @@ fn training_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
     ])
     .status
     .success());
-    let clip = fixtures().join("clip_tiny_legacy");
     let train = |out: &Path, extra: &[&str]| -> Vec<String> {
-        let mut args: Vec<String> = [
-            "train",
-            "prior",
-            "--data",
-            s(&data),
-            "--clip",
-            s(&clip),
-            "--out",
-            s(out),
-            "--max-steps",
-            "12",
+        let flags = [
             "--checkpoint-every",
             "3",
             "--batch-size",
             "8",
-            "--validate-every",
-            "0",
             "--seed",
             "5",
-        ]
-        .iter()
-        .map(|a| a.to_string())
-        .collect();
-        args.extend(extra.iter().map(|a| a.to_string()));
-        args
+        ];
+        tiny_prior_training(&data, out, "12", &[&flags[..], extra].concat())
     };
     let straight = dir.join("straight");
     let out = Command::new(env!("CARGO_BIN_EXE_unclip"))

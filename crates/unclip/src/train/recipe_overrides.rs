@@ -58,15 +58,16 @@ pub fn apply_overrides(
             let object = node
                 .as_object_mut()
                 .ok_or_else(|| not_object(stage, &here))?;
-            let fields = field_list(object);
-            node = object.get_mut(name).ok_or_else(|| {
-                Error::InvalidInput(format!(
-                    "--set {}: the {stage} recipe has no `{}`; {} holds: {fields}",
+            if !object.contains_key(name) {
+                return Err(Error::InvalidInput(format!(
+                    "--set {}: the {stage} recipe has no `{}`; {} holds: {}",
                     o.field(),
                     o.path[..=depth].join("."),
-                    if here.is_empty() { "it" } else { &here }
-                ))
-            })?;
+                    if here.is_empty() { "it" } else { &here },
+                    field_list(object)
+                )));
+            }
+            node = &mut object[name.as_str()];
         }
         let parent = o.path[..o.path.len() - 1].join(".");
         node.as_object_mut()
