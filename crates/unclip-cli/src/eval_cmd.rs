@@ -278,6 +278,12 @@ fn describe_shapes(score: &ShapesScore) -> String {
         Some(b) => format!("{:<9} {b:.3}", "binding"),
         None => format!("{:<9} -      (no pair or relation prompts)", "binding"),
     });
+    if let Some(p) = &score.placement {
+        lines.push(format!(
+            "{:<9} {:.3}  ({}/{} relation images with both objects found, shapes aside: {} the wrong way round, {} sideways or too close; blind placement scores about 0.25)",
+            "placement", p.accuracy, p.right, p.images, p.reversed, p.sideways
+        ));
+    }
     lines.push(format!(
         "{:<9} {:.3}  (mean of the per-form accuracies)",
         "overall", score.overall

@@ -16,11 +16,18 @@
 //! prompt names) and *binding* (for the two-object forms: each named color sits on its named
 //! shape, so "a red circle and a blue square" drawn as a blue circle and a red square has the
 //! right colors and the wrong binding).
+//! Relation images get a third, *placement*: whenever the two objects can be told apart and
+//! matched to the prompt's two (by color, or by color and shape when both share a color), are
+//! they in the named relation, the opposite one, or neither (side by side on the other axis, or
+//! too close), whatever their shapes? It separates a model that cannot place objects from one
+//! that places them but draws a square as a circle. The four relations' cones cover the canvas,
+//! so a model blind to placement scores about 1/4 right, 1/4 reversed and 1/2 sideways; one that
+//! finds the axis but not the order, 1/2 right and 1/2 reversed.
 
 use super::recognize::{recognize, DetectedObject};
 use super::segment::segment;
 use crate::data::shapes::grammar::{ColoredShape, Form, Prompt};
-use crate::data::shapes::palette::{Color, RelationMargin, Shape};
+use crate::data::shapes::palette::{Color, Relation, RelationMargin, Shape};
 use crate::data::shapes::scene::CANVAS;
 use crate::error::Result;
 use image::imageops::FilterType;
@@ -40,6 +47,9 @@ pub struct Verdict {
     /// Pair and relation prompts: both named (color, shape) pairs are present and no other
     /// pairing is. `None` for single and counting prompts.
     pub binding: Option<bool>,
+    /// Relation prompts whose two objects could be matched to the named ones (see the module
+    /// comment): whether they are in the named relation. `None` otherwise.
+    pub placement: Option<Placement>,
     /// Why the image fails, in words; empty when it passes.
     pub reason: String,
     /// What kind of failure; `None` when it passes.
@@ -73,6 +83,7 @@ pub fn check(prompt: &Prompt, image: &RgbImage) -> Verdict {
         }
         Form::Single | Form::Counting => None,
     };
+    let placement = placement(prompt, &objects);
     let failure = failure_kind(prompt, &objects);
     let reason = failure
         .and_then(|_| failure_reason(prompt, &objects))
@@ -83,10 +94,68 @@ pub fn check(prompt: &Prompt, image: &RgbImage) -> Verdict {
         pass: failure.is_none(),
         colors,
         binding,
+        placement,
         reason,
         failure,
         objects,
     }
+}
+
+/// Where a relation image put its two objects, against the relation its prompt names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Placement {
+    /// In the named relation.
+    Right,
+    /// In the opposite relation ("below" for "above").
+    Reversed,
+    /// Neither: offset along the other axis, or too close to tell.
+    Sideways,
+}
+
+/// For a relation prompt, where the two objects found stand, shapes aside: they are matched to
+/// the named objects by color when the two colors differ, and by color and shape when they do
+/// not. `None` for other forms, or when there are not exactly two objects or they cannot be
+/// matched.
+pub fn placement(prompt: &Prompt, objects: &[DetectedObject]) -> Option<Placement> {
+    let Prompt::Relation { a, relation, b } = *prompt else {
+        return None;
+    };
+    let [first, second] = objects else {
+        return None;
+    };
+    let (oa, ob) = if a.color != b.color {
+        match (first.color, second.color) {
+            (x, y) if x == a.color && y == b.color => (first, second),
+            (x, y) if x == b.color && y == a.color => (second, first),
+            _ => return None,
+        }
+    } else {
+        match_pair(objects, a, b)?
+    };
+    Some(if placed(a, relation, b, oa, ob) {
+        Placement::Right
+    } else if placed(a, relation.opposite(), b, oa, ob) {
+        Placement::Reversed
+    } else {
+        Placement::Sideways
+    })
+}
+
+/// Whether `oa` and `ob`, found for the named `a` and `b`, stand in `relation`. When the
+/// prompt names the same object twice ("a red circle above a red circle") nothing tells the
+/// two apart, so either way round will do.
+fn placed(
+    a: ColoredShape,
+    relation: Relation,
+    b: ColoredShape,
+    oa: &DetectedObject,
+    ob: &DetectedObject,
+) -> bool {
+    let holds = |x: &DetectedObject, y: &DetectedObject| {
+        relation.holds(x.centroid, y.centroid, RelationMargin::CHECK)
+    };
+    holds(oa, ob) || (a == b && holds(ob, oa))
 }
 
 /// What an image that fails its prompt got wrong, the first that applies in this order: the
@@ -168,8 +237,7 @@ pub fn failure_kind(prompt: &Prompt, objects: &[DetectedObject]) -> Option<Failu
             let Some((oa, ob)) = match_pair(objects, a, b) else {
                 return Some(FailureKind::Binding);
             };
-            (!relation.holds(oa.centroid, ob.centroid, RelationMargin::CHECK))
-                .then_some(FailureKind::Position)
+            (!placed(a, relation, b, oa, ob)).then_some(FailureKind::Position)
         }
         _ => None,
     }
@@ -244,8 +312,7 @@ fn failure_reason(prompt: &Prompt, objects: &[DetectedObject]) -> Option<String>
             .then(|| format!("found {}", found())),
         Prompt::Relation { a, relation, b } => match match_pair(objects, a, b) {
             None => Some(format!("found {}", found())),
-            Some((oa, ob)) => (!relation.holds(oa.centroid, ob.centroid, RelationMargin::CHECK))
-                .then(|| {
+            Some((oa, ob)) => (!placed(a, relation, b, oa, ob)).then(|| {
                     format!(
                         "both objects are there, but {a} at ({:.1}, {:.1}) is not {} {b} at ({:.1}, {:.1})",
                         oa.centroid[0],

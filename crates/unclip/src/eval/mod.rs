@@ -19,11 +19,13 @@ pub mod shapes_eval;
 pub mod verdict_folder;
 
 pub use captions_eval::{evaluate_captions, CaptionScores, CaptionsEvalOptions, CaptionsReport};
-pub use checker::{check, check_text, detect, failure_kind, FailureKind, Verdict};
+pub use checker::{
+    check, check_text, detect, failure_kind, placement, FailureKind, Placement, Verdict,
+};
 pub use clip_metrics::{clip_score, r_precision, RPrecision};
 pub use clip_shapes::{evaluate_clip_shapes, ClipFormScore, ClipShapesOptions, ClipShapesScore};
 pub use frechet::{frechet_distance, frechet_distance_of, Gaussian};
 pub use recognize::DetectedObject;
-pub use score::{FormScore, ShapesScore};
+pub use score::{FormScore, PlacementScore, ShapesScore};
 pub use shapes_eval::{evaluate_shapes, EvalStart, JudgedImage, ShapesEvalOptions};
 pub use verdict_folder::{VerdictFolder, SHEET_FILE, VERDICTS_FILE};

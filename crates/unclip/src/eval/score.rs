@@ -4,11 +4,12 @@
 //! Accuracy is over images (a prompt with K images counts K times). The overall score is the
 //! unweighted mean of the accuracies of the forms that were evaluated, so a prompt list heavy
 //! in one form does not hide a failing form. Colors are averaged over all images, binding over
-//! the pair and relation images (the only forms it applies to). Failed images are also counted
+//! the pair and relation images (the only forms it applies to), placement over the relation
+//! images whose two objects could be matched to the named ones. Failed images are also counted
 //! by form and by kind of failure, so a report says what the model gets wrong, not only how
 //! often.
 
-use super::checker::{FailureKind, Verdict};
+use super::checker::{FailureKind, Placement, Verdict};
 use crate::data::shapes::grammar::Form;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -17,6 +18,17 @@ use std::collections::BTreeMap;
 pub struct FormScore {
     pub images: usize,
     pub passed: usize,
+    pub accuracy: f64,
+}
+
+/// Where the relation images that could be judged put their objects (see [`Placement`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PlacementScore {
+    pub images: usize,
+    pub right: usize,
+    pub reversed: usize,
+    pub sideways: usize,
+    /// `right / images`.
     pub accuracy: f64,
 }
 
@@ -29,6 +41,9 @@ pub struct ShapesScore {
     pub colors: f64,
     /// Share of pair and relation images whose binding is right; `None` without such images.
     pub binding: Option<f64>,
+    /// Relation images placed in the named relation, of those whose two objects could be
+    /// matched to the prompt's (shapes aside; see the checker); `None` without such images.
+    pub placement: Option<PlacementScore>,
     /// The mean of the per-form accuracies (0 when nothing was scored).
     pub overall: f64,
     /// Failed images by form and kind of failure; a form or kind with none is left out.
@@ -40,6 +55,7 @@ impl ShapesScore {
         let mut per_form: BTreeMap<Form, (usize, usize)> = BTreeMap::new();
         let (mut images, mut colors) = (0usize, 0usize);
         let (mut bound, mut binding_images) = (0usize, 0usize);
+        let mut placements = [0usize; 3];
         let mut failures: BTreeMap<Form, BTreeMap<FailureKind, usize>> = BTreeMap::new();
         for v in verdicts {
             if let Some(kind) = v.failure {
@@ -53,6 +69,14 @@ impl ShapesScore {
             if let Some(b) = v.binding {
                 binding_images += 1;
                 bound += usize::from(b);
+            }
+            if let Some(p) = v.placement {
+                let slot = match p {
+                    Placement::Right => 0,
+                    Placement::Reversed => 1,
+                    Placement::Sideways => 2,
+                };
+                placements[slot] += 1;
             }
         }
         let per_form: BTreeMap<Form, FormScore> = per_form
@@ -77,10 +101,22 @@ impl ShapesScore {
             per_form,
             colors: ratio(colors, images),
             binding: (binding_images > 0).then(|| ratio(bound, binding_images)),
+            placement: placement_score(placements),
             overall,
             failures,
         }
     }
+}
+
+fn placement_score([right, reversed, sideways]: [usize; 3]) -> Option<PlacementScore> {
+    let images = right + reversed + sideways;
+    (images > 0).then(|| PlacementScore {
+        images,
+        right,
+        reversed,
+        sideways,
+        accuracy: ratio(right, images),
+    })
 }
 
 fn ratio(part: usize, whole: usize) -> f64 {

@@ -15,7 +15,7 @@ use unclip::data::shapes::{
 use unclip::data::{DataSource, ImageFolder};
 use unclip::eval::{
     check, check_text, evaluate_captions, evaluate_shapes, CaptionsEvalOptions, EvalStart,
-    FailureKind, ShapesEvalOptions, ShapesScore,
+    FailureKind, Placement, ShapesEvalOptions, ShapesScore,
 };
 use unclip::pipeline::{GenerateOptions, UnclipPipeline};
 
@@ -29,6 +29,7 @@ fn parse(text: &str) -> Prompt {
 
 #[test]
 fn rendered_ground_truth_scores_one_on_every_form() {
+    use Placement::Right;
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let mut verdicts = Vec::new();
     for form in Form::ALL {
@@ -40,6 +41,8 @@ fn rendered_ground_truth_scores_one_on_every_form() {
             assert!(v.colors, "{prompt}");
             let two_objects = matches!(form, Form::Pair | Form::Relation);
             assert_eq!(v.binding, two_objects.then_some(true), "{prompt}");
+            let relation = form == Form::Relation;
+            assert_eq!(v.placement, relation.then_some(Right), "{prompt}");
             verdicts.push(v);
         }
     }
@@ -52,6 +55,11 @@ fn rendered_ground_truth_scores_one_on_every_form() {
     assert_eq!(
         (score.colors, score.binding, score.overall),
         (1.0, Some(1.0), 1.0)
+    );
+    let placement = score.placement.expect("relation images were scored");
+    assert_eq!(
+        (placement.images, placement.right, placement.accuracy),
+        (150, 150, 1.0)
     );
 }
 
@@ -105,6 +113,9 @@ fn a_blank_image_scores_zero() {
         (score.overall, score.colors, score.binding),
         (0.0, 0.0, Some(0.0))
     );
+    // No objects to place: placement does not apply, rather than scoring 0.
+    assert!(verdicts.iter().all(|v| v.placement.is_none()));
+    assert_eq!(score.placement, None);
     // Every blank image failed for want of objects, counted under its form.
     for form in Form::ALL {
         assert_eq!(
@@ -183,6 +194,87 @@ fn wrong_counts_sizes_shapes_and_relations_fail() {
     );
     assert!(v.colors && v.binding == Some(true) && !v.pass);
     assert!(v.reason.contains("is not above"), "{}", v.reason);
+}
+
+#[test]
+fn a_relation_between_two_identical_objects_passes_either_way_round() {
+    use Placement::Right;
+    // Nothing tells the two red circles apart, so the checker must not depend on which one
+    // its segmentation finds first.
+    for relation in ["above", "below", "to the left of", "to the right of"] {
+        let prompt = parse(&format!("a red circle {relation} a red circle"));
+        for seed in 0..20 {
+            let v = check(&prompt, &rendered(&prompt, seed));
+            assert!(v.pass, "{prompt}, seed {seed}: {}", v.reason);
+            assert_eq!(v.placement, Some(Right), "{prompt}, seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn placement_judges_where_the_objects_are_whatever_their_shapes() {
+    use Placement::*;
+    // (asked, drawn, placement): matched by color when the colors differ, by color and shape
+    // when they are the same.
+    let cases = [
+        (
+            "a red circle above a blue square",
+            "a red triangle above a blue circle",
+            Some(Right),
+        ),
+        (
+            "a red circle above a blue square",
+            "a red triangle below a blue circle",
+            Some(Reversed),
+        ),
+        (
+            "a green square to the left of a yellow circle",
+            "a yellow circle to the left of a green square",
+            Some(Reversed),
+        ),
+        (
+            "a red circle above a red square",
+            "a red circle below a red square",
+            Some(Reversed),
+        ),
+        (
+            "a red circle above a red square",
+            "a red circle to the left of a red square",
+            Some(Sideways),
+        ),
+        // Same color and a shape wrong: the two cannot be told apart.
+        (
+            "a red circle above a red square",
+            "a red triangle above a red square",
+            None,
+        ),
+        // A color missing: nothing to match.
+        (
+            "a red circle above a blue square",
+            "a red circle above a green square",
+            None,
+        ),
+        // Not a relation prompt.
+        (
+            "a red circle and a blue square",
+            "a red circle and a blue square",
+            None,
+        ),
+    ];
+    let mut verdicts = Vec::new();
+    for (asked, drawn, placement) in cases {
+        for seed in 0..5 {
+            let v = check(&parse(asked), &rendered(&parse(drawn), seed));
+            assert_eq!(v.placement, placement, "{asked} on a render of {drawn}");
+            verdicts.push(v);
+        }
+    }
+    let score = ShapesScore::from_verdicts(&verdicts).placement.unwrap();
+    assert_eq!(
+        (score.images, score.right, score.reversed, score.sideways),
+        (25, 5, 15, 5)
+    );
+    assert_eq!(score.accuracy, 0.2);
 }
 
 #[test]

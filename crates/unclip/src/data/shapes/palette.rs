@@ -213,6 +213,16 @@ impl Relation {
         }
     }
 
+    /// The relation that holds the other way round: above for below, left of for right of.
+    pub fn opposite(self) -> Relation {
+        match self {
+            Relation::LeftOf => Relation::RightOf,
+            Relation::RightOf => Relation::LeftOf,
+            Relation::Above => Relation::Below,
+            Relation::Below => Relation::Above,
+        }
+    }
+
     /// Whether "a <relation> b" holds for centroids `a` and `b` (image coordinates: x to the
     /// right, y down).
     pub fn holds(self, a: [f32; 2], b: [f32; 2], margin: RelationMargin) -> bool {
