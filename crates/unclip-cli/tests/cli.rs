@@ -1036,6 +1036,44 @@ fn eval_shapes_runs_on_the_tiny_pipeline_and_reports_every_form() {
 }
 
 #[test]
+fn eval_shapes_from_rendered_scenes_scores_one_and_reports_placement() {
+    let dir = scratch("eval-shapes-scene");
+    let prompts = dir.join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        "a red circle\na green square to the left of a blue triangle\n",
+    )
+    .unwrap();
+    let model = fixtures().join("unclip_tiny");
+    let args = [
+        "eval",
+        "shapes",
+        "--model",
+        s(&model),
+        "--prompts",
+        s(&prompts),
+        "--start",
+        "scene",
+    ];
+    let out = unclip(&args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("overall   1.000"), "{text}");
+    assert!(
+        text.contains("placement 1.000  (4/4 relation images"),
+        "{text}"
+    );
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let out = unclip(&json_args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let score: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(score["placement"]["right"], 4);
+    assert_eq!(score["placement"]["reversed"], 0);
+    assert_eq!(score["placement"]["sideways"], 0);
+}
+
+#[test]
 fn eval_shapes_names_a_prompt_outside_the_grammar() {
     let dir = scratch("eval-bad-prompt");
     let prompts = dir.join("prompts.txt");
