@@ -27,8 +27,8 @@ W=$WORK/shapes
 "$UNCLIP" train decoder --data "$W/data" --clip "$W/clip" --out "$W/decoder" \
   --config $R/decoder-shapes.json --max-steps 6000 --checkpoint-every 250 --workers 1
 # Then 7,000 fine-tuning steps from those weights (4 December 2026, one session, one thread, 1 h
-# 50 min): a new 9,000-step schedule at half the learning rate, stopped at 7,000; the committed
-# decoder is this run's step-7,000 weights (overall 0.30 -> 0.37 on eval-prompts.txt).
+# 50 min): a new 9,000-step schedule at half the learning rate, stopped at 7,000; its step-7,000
+# weights (overall 0.30 -> 0.37 on eval-prompts.txt) are where the Min-SNR runs below start.
 "$UNCLIP" train decoder --data "$W/data" --clip "$W/clip" --out "$W/decoder-more" \
   --config $R/decoder-shapes.json --init-from "$W/decoder" --lr 0.0003 --max-steps 9000 \
   --stop-at 7000 --checkpoint-every 500 --workers 1

@@ -220,6 +220,22 @@ fn shapes_clip(args: EvalShapesClipArgs) -> Result<()> {
             f.comparisons
         );
     }
+    if let (Some(r), Some(c)) = (&score.relation_word, &score.color_word) {
+        println!(
+            "what the decoder reads (text tower token states; cosine, 1 = the same), {} relation prompts:",
+            r.prompts
+        );
+        println!("{:<34} at the word  after it  pooled", "");
+        for (name, w) in [
+            ("relation word -> its opposite", r),
+            ("first color -> another color", c),
+        ] {
+            println!(
+                "{name:<34} {:.3}        {:.3}     {:.4}",
+                w.at_the_word, w.after_the_word, w.pooled
+            );
+        }
+    }
     Ok(())
 }
 

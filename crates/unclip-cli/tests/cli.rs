@@ -1261,6 +1261,19 @@ fn shapes_clip_eval_and_embed_read_a_pipeline_folder() {
         .as_f64()
         .unwrap();
     assert!(attribute > 0.9, "attribute negatives: {attribute}");
+    // What the decoder reads of a changed word, for the 25 relation prompts: this CLIP keeps a
+    // color change and all but erases a relation's (the README's numbers).
+    let (relation, color) = (&score["relation_word"], &score["color_word"]);
+    assert_eq!(relation["prompts"], 25);
+    assert_eq!(color["prompts"], 25);
+    for field in ["at_the_word", "after_the_word", "pooled"] {
+        let (r, c) = (
+            relation[field].as_f64().unwrap(),
+            color[field].as_f64().unwrap(),
+        );
+        assert!((-1.0..=1.0 + 1e-6).contains(&r), "{field}: {r}");
+        assert!(c < r, "{field}: color {c} is not below relation {r}");
+    }
 
     let dir = scratch("shapes-clip");
     let bad = dir.join("prompts.txt");

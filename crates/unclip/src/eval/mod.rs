@@ -23,7 +23,9 @@ pub use checker::{
     check, check_text, detect, failure_kind, placement, FailureKind, Placement, Verdict,
 };
 pub use clip_metrics::{clip_score, r_precision, RPrecision};
-pub use clip_shapes::{evaluate_clip_shapes, ClipFormScore, ClipShapesOptions, ClipShapesScore};
+pub use clip_shapes::{
+    evaluate_clip_shapes, ClipFormScore, ClipShapesOptions, ClipShapesScore, WordSimilarity,
+};
 pub use frechet::{frechet_distance, frechet_distance_of, Gaussian};
 pub use recognize::DetectedObject;
 pub use score::{FormScore, PlacementScore, ShapesScore};

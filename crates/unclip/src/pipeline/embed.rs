@@ -3,7 +3,7 @@
 use crate::clip::{l2_normalize, ClipImageProcessor, ClipModel};
 use crate::error::{Error, Result};
 use crate::nn::softmax_last_dim;
-use crate::tokenizer::ClipTokenizer;
+use crate::tokenizer::{ClipTokenizer, TokenBatch};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
@@ -108,6 +108,15 @@ impl ClipEmbedder {
         let (ids, mask) = batch.to_tensors(&self.device)?;
         let features = self.model.text_features(&ids, Some(&mask))?;
         Ok((batch.input_ids, features))
+    }
+
+    /// The tokens of `texts` and the text tower's last hidden states (B, T, D): the token
+    /// states an unCLIP decoder reads through cross-attention.
+    pub fn text_states<S: AsRef<str>>(&self, texts: &[S]) -> Result<(TokenBatch, Tensor)> {
+        let batch = self.tokenizer()?.encode_batch(texts)?;
+        let (ids, _) = batch.to_tensors(&self.device)?;
+        let states = self.model.text_outputs(&ids, None)?.last_hidden_state;
+        Ok((batch, states))
     }
 
     pub fn image_features(&self, images: &[impl AsRef<Path>]) -> Result<Tensor> {
