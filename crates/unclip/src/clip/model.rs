@@ -105,7 +105,7 @@ impl ClipModel {
         })
     }
 
-    fn new_text(cfg: &ClipTextConfig, vb: VarBuilder) -> candle_core::Result<Self> {
+    pub(crate) fn new_text(cfg: &ClipTextConfig, vb: VarBuilder) -> candle_core::Result<Self> {
         let text = ClipTextTransformer::new(cfg, vb.pp("text_model"))?;
         let text_projection = if vb.contains_tensor("text_projection.weight") {
             Some(linear_no_bias(

@@ -1,11 +1,13 @@
 //! One pipeline folder from separately trained parts, in diffusers' unCLIP layout (so that
 //! `generate`, `vary` and diffusers read it): the CLIP model becomes `text_encoder/` +
 //! `tokenizer/` and `image_encoder/` + `feature_extractor/`; the stage folders written by the
-//! trainers contribute `prior/`, `decoder/` + `text_proj/` and `super_res_first/last/`.
+//! trainers contribute `prior/`, `decoder/` + `text_proj/` (+ `decoder_text_encoder/` when the
+//! decoder has its own) and `super_res_first/last/`.
 
 use crate::checkpoint::{replace_dir, write_atomic};
 use crate::clip::{load_clip_tensors, save_clip, ClipLayout, ClipModel, PROCESSOR_FILE};
 use crate::error::{Error, Result};
+use crate::pipeline::DECODER_TEXT_ENCODER;
 use candle_core::Device;
 use std::path::Path;
 
@@ -113,6 +115,11 @@ pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
         ];
         for part in ["decoder", "text_proj", "decoder_scheduler"] {
             copy_tree(&parts.decoder.join(part), &tmp.join(part))?;
+        }
+        // Left out of model_index.json: diffusers would try to load it as a pipeline part.
+        let own_text = parts.decoder.join(DECODER_TEXT_ENCODER);
+        if own_text.is_dir() {
+            copy_tree(&own_text, &tmp.join(DECODER_TEXT_ENCODER))?;
         }
         if let Some(prior) = parts.prior {
             for part in ["prior", "prior_scheduler"] {

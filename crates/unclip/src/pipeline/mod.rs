@@ -15,4 +15,4 @@ pub use edits::{
 pub use embed::{ClipEmbedder, Embeddings};
 pub use sampling::{sample_loop, Progress, Stage};
 pub use sampling_defaults::{SamplingDefaults, SAMPLING_DEFAULTS_FILE};
-pub use unclip::{GenerateOptions, UnclipPipeline};
+pub use unclip::{GenerateOptions, UnclipPipeline, DECODER_TEXT_ENCODER};

@@ -90,9 +90,14 @@ impl GenerateOptions {
 }
 
 /// The text tower's view of a batch of prompts.
+/// The folder of a decoder's own text encoder, in a pipeline and in a decoder training run.
+pub const DECODER_TEXT_ENCODER: &str = "decoder_text_encoder";
+
 pub(crate) struct EncodedText {
     pub(crate) embeds: Tensor, // (B, D)
     pub(crate) states: Tensor, // (B, T, D)
+    /// The token states the decoder reads: `states`, or those of its own text encoder.
+    pub(crate) decoder_states: Tensor, // (B, T, D)
     pub(crate) mask: Tensor,   // (B, T) u32
 }
 
@@ -118,6 +123,10 @@ pub struct UnclipPipeline {
     pub super_res_scheduler: SchedulerConfig,
     pub image_encoder: Option<ClipModel>,
     pub feature_extractor: Option<ClipImageProcessor>,
+    /// The decoder's own text encoder (`decoder_text_encoder/`, a CLIPTextModel trained with the
+    /// decoder), read by the decoder instead of `text_encoder`'s token states. Not part of
+    /// diffusers' layout, which ignores the folder; Karlo's pipelines have none.
+    pub decoder_text_encoder: Option<ClipModel>,
     dir: PathBuf,
     device: Device,
 }
@@ -199,6 +208,11 @@ impl UnclipPipeline {
         } else {
             (None, None)
         };
+        let decoder_text_encoder = if dir.join(DECODER_TEXT_ENCODER).is_dir() {
+            Some(ClipModel::load(&dir.join(DECODER_TEXT_ENCODER), device)?)
+        } else {
+            None
+        };
         let pipeline = Self {
             tokenizer,
             text_encoder,
@@ -212,6 +226,7 @@ impl UnclipPipeline {
             super_res_scheduler,
             image_encoder,
             feature_extractor,
+            decoder_text_encoder,
             dir: dir.to_path_buf(),
             device: device.clone(),
         };
@@ -249,6 +264,7 @@ impl UnclipPipeline {
             super_res_scheduler,
             image_encoder: None,
             feature_extractor: None,
+            decoder_text_encoder: None,
             dir: dir.to_path_buf(),
             device: device.clone(),
         };
@@ -299,6 +315,14 @@ impl UnclipPipeline {
                 "text_encoder (hidden {}, projection {projection}) does not match text_proj.clip_embeddings_dim {clip_dim}",
                 text.hidden_size
             ));
+        }
+        if let Some(own) = &self.decoder_text_encoder {
+            let hidden = own.text_config()?.hidden_size;
+            if hidden != clip_dim {
+                return mismatch(format!(
+                    "{DECODER_TEXT_ENCODER} (hidden {hidden}) does not match text_proj.clip_embeddings_dim {clip_dim}"
+                ));
+            }
         }
         if let Some(prior) = &self.prior {
             if prior.config().embedding_dim != clip_dim
@@ -365,6 +389,10 @@ impl UnclipPipeline {
         let (ids, mask) = batch.to_tensors(&self.device)?;
         let out = self.text_encoder.text_outputs(&ids, None)?;
         let embeds = self.text_encoder.text_features(&ids, None)?;
+        let decoder_states = match &self.decoder_text_encoder {
+            Some(own) => own.text_outputs(&ids, None)?.last_hidden_state,
+            None => out.last_hidden_state.clone(),
+        };
         let repeat_rows = |t: &Tensor| -> Result<Tensor> {
             let idx: Vec<u32> = (0..t.dim(0)? as u32)
                 .flat_map(|i| std::iter::repeat_n(i, repeat))
@@ -374,6 +402,7 @@ impl UnclipPipeline {
         Ok(EncodedText {
             embeds: repeat_rows(&embeds)?,
             states: repeat_rows(&out.last_hidden_state)?,
+            decoder_states: repeat_rows(&decoder_states)?,
             mask: repeat_rows(&mask)?,
         })
     }
@@ -385,6 +414,7 @@ impl UnclipPipeline {
         Ok(EncodedText {
             embeds: Tensor::cat(&[&uncond.embeds, &cond.embeds], 0)?,
             states: Tensor::cat(&[&uncond.states, &cond.states], 0)?,
+            decoder_states: Tensor::cat(&[&uncond.decoder_states, &cond.decoder_states], 0)?,
             mask: Tensor::cat(&[&uncond.mask, &cond.mask], 0)?,
         })
     }
@@ -479,9 +509,9 @@ impl UnclipPipeline {
         } else {
             image_embeddings.clone()
         };
-        let context = self
-            .text_proj
-            .forward(&image_embeddings, &text.embeds, &text.states)?;
+        let context =
+            self.text_proj
+                .forward(&image_embeddings, &text.embeds, &text.decoder_states)?;
         // The 4 image tokens are always attended to: the text mask gets 4 ones on the left.
         let extra = self.text_proj.config().clip_extra_context_tokens;
         let ones = Tensor::ones((text.mask.dim(0)?, extra), DType::U32, &self.device)?;
@@ -828,6 +858,7 @@ fn clone_text(t: &EncodedText) -> EncodedText {
     EncodedText {
         embeds: t.embeds.clone(),
         states: t.states.clone(),
+        decoder_states: t.decoder_states.clone(),
         mask: t.mask.clone(),
     }
 }
@@ -842,6 +873,7 @@ fn repeat_candidates(t: &EncodedText, k: usize) -> Result<EncodedText> {
     Ok(EncodedText {
         embeds: t.embeds.index_select(&idx, 0)?,
         states: t.states.index_select(&idx, 0)?,
+        decoder_states: t.decoder_states.index_select(&idx, 0)?,
         mask: t.mask.index_select(&idx, 0)?,
     })
 }

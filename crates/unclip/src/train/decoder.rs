@@ -3,6 +3,14 @@
 //! time-embedding bias) and its caption; the embedding is replaced by the learned null 10% of
 //! the time and the caption by the empty one 50% of the time, for classifier-free guidance.
 //! With `out_channels: 6` the variance is learned too (L_hybrid, Nichol & Dhariwal 2021).
+//!
+//! The decoder reads the caption's token states through cross-attention. Karlo takes them from
+//! the frozen CLIP text tower; the paper's decoder (GLIDE's) has a text transformer of its own,
+//! trained with it. A recipe's `text_encoder` gives it one: a small CLIP text transformer over
+//! the same tokenizer, as wide as CLIP (so the text projection is unchanged), trained from
+//! scratch with the decoder and saved as `decoder_text_encoder/`. A CLIP whose text tower has
+//! learned to ignore a word (the shapes CLIP all but erases "above" against "below") cannot pass
+//! it on; a text encoder trained on the decoder's loss keeps what the pictures need.
 
 use super::conditioning::{
     keep_mask, normal, select_rows, timesteps, FrozenClip, TextConditioning,
@@ -10,7 +18,8 @@ use super::conditioning::{
 use super::noise_loss::{check_trainable, denoising_loss, denoising_target};
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
-use crate::checkpoint::write_config;
+use crate::checkpoint::{save_safetensors, write_config};
+use crate::clip::{ClipModel, ClipTextConfig, WEIGHTS_FILE};
 use crate::diffusion::{
     vlb_loss, NoiseSchedule, NoiseSource, Prediction, Sampler, SchedulerConfig, VarianceType,
 };
@@ -18,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::imageops::{contact_sheet, save_png, to_rgb8};
 use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
 use crate::models::{TextProj, TextProjConfig};
-use crate::pipeline::{GenerateOptions, UnclipPipeline};
+use crate::pipeline::{GenerateOptions, UnclipPipeline, DECODER_TEXT_ENCODER};
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use rand_chacha::ChaCha8Rng;
@@ -42,6 +51,42 @@ pub struct DecoderRecipe {
     /// Min-SNR-γ loss weighting (γ = 5 in its paper); absent: the plain mean squared error.
     #[serde(default)]
     pub min_snr_gamma: Option<f64>,
+    /// The decoder's own text encoder; absent: it reads the CLIP text tower's token states.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_encoder: Option<DecoderTextEncoderRecipe>,
+}
+
+/// The size of a decoder's own text encoder; its width, vocabulary, context length and
+/// special tokens are the CLIP text tower's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DecoderTextEncoderRecipe {
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    pub intermediate_size: usize,
+}
+
+impl DecoderTextEncoderRecipe {
+    fn config(&self, clip: &ClipTextConfig) -> Result<ClipTextConfig> {
+        let mut cfg = clip.clone();
+        cfg.architectures = vec!["CLIPTextModel".into()];
+        cfg.num_hidden_layers = self.num_hidden_layers;
+        cfg.num_attention_heads = self.num_attention_heads;
+        cfg.intermediate_size = self.intermediate_size;
+        if self.num_hidden_layers == 0
+            || self.num_attention_heads == 0
+            || !cfg.hidden_size.is_multiple_of(self.num_attention_heads)
+        {
+            return Err(Error::config(
+                "text_encoder",
+                format!(
+                    "needs at least one layer and a head count that divides the CLIP width {} (got {} layers, {} heads)",
+                    cfg.hidden_size, self.num_hidden_layers, self.num_attention_heads
+                ),
+            ));
+        }
+        Ok(cfg)
+    }
 }
 
 fn image_drop() -> f64 {
@@ -66,6 +111,8 @@ pub struct DecoderStage {
     image_size: usize,
     /// The empty caption's conditioning (1 row), used where the caption is dropped.
     empty: TextConditioning,
+    /// The decoder's own text encoder and its config, when the recipe asks for one.
+    text_encoder: Option<(ClipModel, ClipTextConfig)>,
 }
 
 fn square(cfg: &UNet2DConditionConfig) -> Result<usize> {
@@ -106,10 +153,19 @@ impl DecoderStage {
         let vb = params.var_builder(clip.device());
         let unet = UNet2DConditionModel::new(&unet_config, vb.pp("decoder"))?;
         let text_proj = TextProj::new(&text_proj_config, vb.pp("text_proj"))?;
+        let text_encoder = match &recipe.text_encoder {
+            Some(r) => {
+                let cfg = r.config(clip.model.text_config()?)?;
+                let model = ClipModel::new_text(&cfg, vb.pp(DECODER_TEXT_ENCODER))?;
+                Some((model, cfg))
+            }
+            None => None,
+        };
         Ok(Self {
             params,
             unet,
             text_proj,
+            text_encoder,
             image_size: square(&unet_config)?,
             unet_config,
             text_proj_config,
@@ -139,7 +195,11 @@ impl DecoderStage {
         let vb = VarBuilder::from_tensors(map, DType::F32, self.clip.device());
         let unet = UNet2DConditionModel::new(&self.unet_config, vb.pp("decoder"))?;
         let text_proj = TextProj::new(&self.text_proj_config, vb.pp("text_proj"))?;
-        UnclipPipeline::from_models(
+        let own_text = match &self.text_encoder {
+            Some((_, cfg)) => Some(ClipModel::new_text(cfg, vb.pp(DECODER_TEXT_ENCODER))?),
+            None => None,
+        };
+        let mut pipeline = UnclipPipeline::from_models(
             self.clip.tokenizer.clone(),
             self.clip.model.clone(),
             text_proj,
@@ -148,7 +208,31 @@ impl DecoderStage {
             None,
             Path::new("decoder preview"),
             self.clip.device(),
-        )
+        )?;
+        pipeline.decoder_text_encoder = own_text;
+        Ok(pipeline)
+    }
+
+    /// The token states the decoder reads for `captions`, and for the empty caption (1 row):
+    /// the frozen CLIP's, or its own text encoder's (with gradients).
+    fn decoder_states(
+        &self,
+        captions: &[String],
+        text: &TextConditioning,
+    ) -> Result<(Tensor, Tensor)> {
+        let Some((own, _)) = &self.text_encoder else {
+            return Ok((text.states.clone(), self.empty.states.clone()));
+        };
+        let mut all = captions.to_vec();
+        all.push(String::new());
+        let (ids, _) = self
+            .clip
+            .tokenizer
+            .encode_batch(&all)?
+            .to_tensors(self.clip.device())?;
+        let states = own.text_outputs(&ids, None)?.last_hidden_state;
+        let b = captions.len();
+        Ok((states.narrow(0, 0, b)?, states.narrow(0, b, 1)?))
     }
 }
 
@@ -176,7 +260,8 @@ impl TrainStage for DecoderStage {
         let empty = &self.empty;
         let keep_caption = keep_mask(rng, b, self.caption_drop, device)?;
         let embeds = select_rows(&keep_caption, &text.embeds, &empty.embeds)?;
-        let states = select_rows(&keep_caption, &text.states, &empty.states)?;
+        let (caption_states, empty_states) = self.decoder_states(&batch.captions, &text)?;
+        let states = select_rows(&keep_caption, &caption_states, &empty_states)?;
         let mask = select_rows(
             &keep_caption,
             &text.mask.to_dtype(DType::F32)?,
@@ -242,6 +327,28 @@ impl TrainStage for DecoderStage {
             &["diffusion_pytorch_model.safetensors"],
             &[],
         )?;
+        let own_text = dir.join(DECODER_TEXT_ENCODER);
+        match (&self.text_encoder, own_text.is_dir()) {
+            (Some(_), true) => {
+                self.params.load_folder(
+                    &format!("{DECODER_TEXT_ENCODER}."),
+                    &own_text,
+                    &[WEIGHTS_FILE],
+                    &[],
+                )?;
+            }
+            // A decoder that read CLIP's states gets its own text encoder: it starts afresh.
+            (Some(_), false) => {}
+            (None, true) => {
+                return Err(Error::Checkpoint {
+                    path: dir.to_path_buf(),
+                    message: format!(
+                        "this decoder was trained with its own text encoder (`{DECODER_TEXT_ENCODER}/`); give the recipe the `text_encoder` it was trained with"
+                    ),
+                })
+            }
+            (None, false) => {}
+        }
         Ok(())
     }
 
@@ -256,6 +363,15 @@ impl TrainStage for DecoderStage {
             &self.text_proj_config,
             &Self::split(weights, "text_proj."),
         )?;
+        if let Some((_, cfg)) = &self.text_encoder {
+            let own = dir.join(DECODER_TEXT_ENCODER);
+            std::fs::create_dir_all(&own).map_err(|e| Error::io(&own, e))?;
+            write_config(&own.join("config.json"), cfg)?;
+            save_safetensors(
+                &Self::split(weights, &format!("{DECODER_TEXT_ENCODER}.")),
+                &own.join(WEIGHTS_FILE),
+            )?;
+        }
         write_config(
             &dir.join("decoder_scheduler").join("scheduler_config.json"),
             &self.scheduler,

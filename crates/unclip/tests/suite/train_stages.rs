@@ -3,7 +3,7 @@
 //! an uninterrupted run, a checkpoint of another architecture is refused, and the trained parts
 //! assemble into a pipeline that generates and varies images.
 
-use crate::common::{max_abs_diff, oracle_dir, scratch_dir};
+use crate::common::{max_abs_diff, oracle_dir, scratch_dir, without_gradient};
 use candle_core::{Device, Tensor};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -13,8 +13,8 @@ use unclip::data::{stream, DataSource, StreamOptions};
 use unclip::diffusion::NoiseSource;
 use unclip::pipeline::{assemble, GenerateOptions, PipelineParts, UnclipPipeline};
 use unclip::train::{
-    run_training, Batch, DecoderRecipe, DecoderStage, FrozenClip, PriorRecipe, PriorStage,
-    RunOptions, TrainStage, UpsamplerRecipe, UpsamplerStage,
+    run_training, Batch, DecoderRecipe, DecoderStage, DecoderTextEncoderRecipe, FrozenClip,
+    PriorRecipe, PriorStage, RunOptions, TrainStage, UpsamplerRecipe, UpsamplerStage,
 };
 
 /// A CLIP whose text width equals its projection (as unCLIP needs), from the oracle fixtures.
@@ -267,6 +267,97 @@ fn decoder_with_learned_variance_learns() {
             .join(format!("step-{:08}.png", 40))
             .is_file(),
         "a preview grid is written"
+    );
+}
+
+#[test]
+fn a_decoder_with_its_own_text_encoder_trains_it_saves_it_and_reads_it_when_generating() {
+    let data = dataset("train-decoder-own-text", 48);
+    let root = data.parent().unwrap().to_path_buf();
+    let mut recipe = decoder_recipe();
+    recipe.text_encoder = Some(DecoderTextEncoderRecipe {
+        num_hidden_layers: 1,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+    });
+    let mut uneven = recipe.clone();
+    if let Some(t) = uneven.text_encoder.as_mut() {
+        t.num_attention_heads = 3;
+    }
+    let err = DecoderStage::new(&uneven, clip(), 11)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("text_encoder") && err.contains("3 heads"),
+        "{err}"
+    );
+    // Half the image embeddings dropped, so the learned null one is used in the batch below.
+    recipe.image_embedding_drop = 0.5;
+    let stage = DecoderStage::new(&recipe, clip(), 11).unwrap();
+    // Every parameter, the text encoder's included, gets a gradient from the decoder's loss.
+    let batch = fixed_batch(&data, stage.image_size());
+    let loss = stage
+        .loss(&batch, &mut ChaCha8Rng::seed_from_u64(3))
+        .unwrap();
+    assert_eq!(
+        without_gradient(stage.params(), &loss),
+        Vec::<String>::new()
+    );
+    let names: Vec<String> = stage.params().vars().into_iter().map(|(n, _)| n).collect();
+    assert!(names
+        .iter()
+        .any(|n| n.starts_with("decoder_text_encoder.text_model.encoder.layers.0.")));
+
+    let out = root.join("out");
+    assert_learns(&stage, &data, &out, 40);
+    for file in ["config.json", "model.safetensors"] {
+        assert!(
+            out.join("decoder_text_encoder").join(file).is_file(),
+            "{file}"
+        );
+    }
+
+    // A decoder trained with its own text encoder cannot be fine-tuned without one.
+    let plain = DecoderStage::new(&decoder_recipe(), clip(), 2).unwrap();
+    let err = plain.init_from(&out).unwrap_err().to_string();
+    assert!(err.contains("text_encoder"), "{err}");
+    let again = DecoderStage::new(&recipe, clip(), 2).unwrap();
+    again.init_from(&out).unwrap();
+
+    // Assembled, the pipeline loads it and the decoder reads it.
+    let pipeline_dir = root.join("pipeline");
+    let parts = PipelineParts {
+        clip: &clip_dir(),
+        prior: None,
+        decoder: &out,
+        upsampler: None,
+    };
+    assemble(&parts, &pipeline_dir).unwrap();
+    let mut pipeline = UnclipPipeline::load(&pipeline_dir, &Device::Cpu).unwrap();
+    assert!(pipeline.decoder_text_encoder.is_some());
+    let embeddings = Tensor::randn(0f32, 1.0, (1, 32), &Device::Cpu).unwrap();
+    let opts = GenerateOptions {
+        decoder_steps: 2,
+        ..GenerateOptions::default()
+    };
+    let decode = |pipeline: &UnclipPipeline| {
+        pipeline
+            .decode_embeddings(
+                &embeddings,
+                &["a red circle"],
+                &opts,
+                &mut NoiseSource::seeded(0),
+                &mut |_, _, _| {},
+            )
+            .unwrap()
+    };
+    let own = decode(&pipeline);
+    pipeline.decoder_text_encoder = None;
+    let clips = decode(&pipeline);
+    assert!(
+        max_abs_diff(&own, &clips) > 1e-4,
+        "the decoder's own text encoder changes nothing"
     );
 }
 
