@@ -55,7 +55,7 @@ impl ShapesScore {
         let mut per_form: BTreeMap<Form, (usize, usize)> = BTreeMap::new();
         let (mut images, mut colors) = (0usize, 0usize);
         let (mut bound, mut binding_images) = (0usize, 0usize);
-        let mut placements = [0usize; 3];
+        let (mut right, mut reversed, mut sideways) = (0usize, 0usize, 0usize);
         let mut failures: BTreeMap<Form, BTreeMap<FailureKind, usize>> = BTreeMap::new();
         for v in verdicts {
             if let Some(kind) = v.failure {
@@ -70,13 +70,11 @@ impl ShapesScore {
                 binding_images += 1;
                 bound += usize::from(b);
             }
-            if let Some(p) = v.placement {
-                let slot = match p {
-                    Placement::Right => 0,
-                    Placement::Reversed => 1,
-                    Placement::Sideways => 2,
-                };
-                placements[slot] += 1;
+            match v.placement {
+                Some(Placement::Right) => right += 1,
+                Some(Placement::Reversed) => reversed += 1,
+                Some(Placement::Sideways) => sideways += 1,
+                None => {}
             }
         }
         let per_form: BTreeMap<Form, FormScore> = per_form
@@ -101,14 +99,14 @@ impl ShapesScore {
             per_form,
             colors: ratio(colors, images),
             binding: (binding_images > 0).then(|| ratio(bound, binding_images)),
-            placement: placement_score(placements),
+            placement: placement_score(right, reversed, sideways),
             overall,
             failures,
         }
     }
 }
 
-fn placement_score([right, reversed, sideways]: [usize; 3]) -> Option<PlacementScore> {
+fn placement_score(right: usize, reversed: usize, sideways: usize) -> Option<PlacementScore> {
     let images = right + reversed + sideways;
     (images > 0).then(|| PlacementScore {
         images,

@@ -89,10 +89,10 @@ impl GenerateOptions {
     }
 }
 
-/// The text tower's view of a batch of prompts.
 /// The folder of a decoder's own text encoder, in a pipeline and in a decoder training run.
 pub const DECODER_TEXT_ENCODER: &str = "decoder_text_encoder";
 
+/// The text tower's view of a batch of prompts.
 pub(crate) struct EncodedText {
     pub(crate) embeds: Tensor, // (B, D)
     pub(crate) states: Tensor, // (B, T, D)
@@ -389,20 +389,21 @@ impl UnclipPipeline {
         let (ids, mask) = batch.to_tensors(&self.device)?;
         let out = self.text_encoder.text_outputs(&ids, None)?;
         let embeds = self.text_encoder.text_features(&ids, None)?;
-        let decoder_states = match &self.decoder_text_encoder {
-            Some(own) => own.text_outputs(&ids, None)?.last_hidden_state,
-            None => out.last_hidden_state.clone(),
-        };
         let repeat_rows = |t: &Tensor| -> Result<Tensor> {
             let idx: Vec<u32> = (0..t.dim(0)? as u32)
                 .flat_map(|i| std::iter::repeat_n(i, repeat))
                 .collect();
             Ok(t.index_select(&Tensor::new(idx.as_slice(), &self.device)?, 0)?)
         };
+        let states = repeat_rows(&out.last_hidden_state)?;
+        let decoder_states = match &self.decoder_text_encoder {
+            Some(own) => repeat_rows(&own.text_outputs(&ids, None)?.last_hidden_state)?,
+            None => states.clone(),
+        };
         Ok(EncodedText {
             embeds: repeat_rows(&embeds)?,
-            states: repeat_rows(&out.last_hidden_state)?,
-            decoder_states: repeat_rows(&decoder_states)?,
+            states,
+            decoder_states,
             mask: repeat_rows(&mask)?,
         })
     }
