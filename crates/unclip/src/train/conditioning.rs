@@ -146,6 +146,27 @@ pub fn timesteps(rng: &mut ChaCha8Rng, batch: usize, train: usize) -> Vec<i64> {
         .collect()
 }
 
+/// Per sample: with probability `share` a timestep uniform in min_timestep..train, otherwise
+/// one uniform in 0..train.
+pub fn timesteps_with_high_noise(
+    rng: &mut ChaCha8Rng,
+    batch: usize,
+    train: usize,
+    min_timestep: usize,
+    share: f64,
+) -> Vec<i64> {
+    (0..batch)
+        .map(|_| {
+            let low = if rng.random::<f64>() < share {
+                min_timestep
+            } else {
+                0
+            };
+            rng.random_range(low as i64..train as i64)
+        })
+        .collect()
+}
+
 /// A (B, 1) keep-mask: 1 with probability 1 - p_drop.
 pub fn keep_mask(
     rng: &mut ChaCha8Rng,
@@ -173,4 +194,23 @@ pub fn select_rows(keep: &Tensor, a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let k = keep.reshape(shape.as_slice())?.to_dtype(a.dtype())?;
     let b = b.to_dtype(a.dtype())?;
     Ok((a.broadcast_mul(&k)? + b.broadcast_mul(&(1.0 - &k)?)?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn a_high_noise_share_draws_that_share_from_the_noisy_end_and_the_rest_uniformly() {
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let ts = timesteps_with_high_noise(&mut rng, 20_000, 1000, 800, 0.5);
+        assert!(ts.iter().all(|&t| (0..1000).contains(&t)));
+        let high = ts.iter().filter(|&&t| t >= 800).count() as f64 / ts.len() as f64;
+        // 0.5 drawn from 800..1000 plus a fifth of the uniform half.
+        assert!((high - 0.6).abs() < 0.02, "share at t >= 800: {high}");
+        let mut rng = ChaCha8Rng::seed_from_u64(3);
+        let all_high = timesteps_with_high_noise(&mut rng, 1000, 1000, 900, 1.0);
+        assert!(all_high.iter().all(|&t| t >= 900));
+    }
 }

@@ -21,7 +21,7 @@ mod upsampler;
 
 pub use clip::{ClipRecipe, ClipStage};
 pub use conditioning::FrozenClip;
-pub use decoder::{DecoderRecipe, DecoderStage, DecoderTextEncoderRecipe};
+pub use decoder::{DecoderRecipe, DecoderStage, DecoderTextEncoderRecipe, HighNoiseRecipe};
 pub use ema::Ema;
 pub use embedding_cache::{build_embedding_cache, EmbeddingCache};
 pub use hard_negatives::HardNegatives;

@@ -64,6 +64,40 @@ fn every_decoder_parameter_receives_a_gradient() {
 }
 
 #[test]
+fn position_codes_reach_the_attention_layers_and_every_parameter_still_gets_a_gradient() {
+    let cfg = decoder_config(serde_json::json!({"attention_position_codes": true}));
+    check_decoder(&cfg);
+    // The same weights without the codes predict something else.
+    let dev = Device::Cpu;
+    let params = ParamStore::new(11);
+    let with = UNet2DConditionModel::new(&cfg, params.var_builder(&dev)).unwrap();
+    let plain_cfg = decoder_config(serde_json::json!({}));
+    let without = UNet2DConditionModel::new(&plain_cfg, params.var_builder(&dev)).unwrap();
+    let sample = Tensor::randn(0f32, 1.0, (1, 3, 8, 8), &dev).unwrap();
+    let timestep = Tensor::new(&[900f32], &dev).unwrap();
+    let context = Tensor::randn(0f32, 1.0, (1, 5, 12), &dev).unwrap();
+    let labels = Tensor::randn(0f32, 1.0, (1, cfg.time_embed_dim()), &dev).unwrap();
+    let run = |m: &UNet2DConditionModel| {
+        m.forward(&sample, &timestep, &context, Some(&labels), None)
+            .unwrap()
+    };
+    let diff = (run(&with) - run(&without))
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
+    assert!(diff > 1e-3, "position codes change nothing ({diff})");
+    // Written to config.json only when on, so Karlo-shaped configs stay as diffusers writes them.
+    let written = serde_json::to_value(&plain_cfg).unwrap();
+    assert!(written.get("attention_position_codes").is_none());
+    let written = serde_json::to_value(&cfg).unwrap();
+    assert_eq!(written["attention_position_codes"], serde_json::json!(true));
+}
+
+#[test]
 fn every_parameter_of_the_variant_blocks_receives_a_gradient() {
     // Plain conv resamplers, additive time conditioning, cross-attention only, a plain mid block.
     check_decoder(&decoder_config(serde_json::json!({

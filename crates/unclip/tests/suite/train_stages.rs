@@ -14,7 +14,8 @@ use unclip::diffusion::NoiseSource;
 use unclip::pipeline::{assemble, GenerateOptions, PipelineParts, UnclipPipeline};
 use unclip::train::{
     run_training, Batch, DecoderRecipe, DecoderStage, DecoderTextEncoderRecipe, FrozenClip,
-    PriorRecipe, PriorStage, RunOptions, TrainStage, UpsamplerRecipe, UpsamplerStage,
+    HighNoiseRecipe, PriorRecipe, PriorStage, RunOptions, TrainStage, UpsamplerRecipe,
+    UpsamplerStage,
 };
 
 /// A CLIP whose text width equals its projection (as unCLIP needs), from the oracle fixtures.
@@ -359,6 +360,49 @@ fn a_decoder_with_its_own_text_encoder_trains_it_saves_it_and_reads_it_when_gene
         max_abs_diff(&own, &clips) > 1e-4,
         "the decoder's own text encoder changes nothing"
     );
+}
+
+#[test]
+fn a_decoder_with_position_codes_and_high_noise_steps_learns_and_saves_the_option() {
+    let data = dataset("train-decoder-positions", 48);
+    let out = data.parent().unwrap().join("out");
+    let mut recipe = decoder_recipe();
+    for (bad, field) in [
+        ((1000, 0.5), "high_noise.min_timestep"),
+        ((800, 0.0), "high_noise.share"),
+        ((800, 1.5), "high_noise.share"),
+    ] {
+        recipe.high_noise = Some(HighNoiseRecipe {
+            min_timestep: bad.0,
+            share: bad.1,
+        });
+        let err = DecoderStage::new(&recipe, clip(), 11)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(field), "{err}");
+    }
+    recipe.high_noise = Some(HighNoiseRecipe {
+        min_timestep: 800,
+        share: 0.5,
+    });
+    recipe.unet.attention_position_codes = true;
+    recipe.image_embedding_drop = 0.5;
+    let stage = DecoderStage::new(&recipe, clip(), 11).unwrap();
+    let batch = fixed_batch(&data, stage.image_size());
+    let loss = stage
+        .loss(&batch, &mut ChaCha8Rng::seed_from_u64(3))
+        .unwrap();
+    assert_eq!(
+        without_gradient(stage.params(), &loss),
+        Vec::<String>::new()
+    );
+    assert_learns(&stage, &data, &out, 40);
+    let config: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("decoder").join("config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(config["attention_position_codes"], serde_json::json!(true));
 }
 
 #[test]

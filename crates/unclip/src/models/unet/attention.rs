@@ -12,6 +12,7 @@
 //! `rescale_output_factor`. Keys: `group_norm`, `to_q`, `to_k`, `to_v`, `add_k_proj`,
 //! `add_v_proj`, `to_out.0`. Reference: diffusers `models/attention_processor.py`.
 
+use super::position_codes::sine_position_codes_2d;
 use crate::nn::{linear, Linear};
 use crate::nn::{scaled_dot_product_attention, GroupNorm};
 use candle_core::{Module, Result, Tensor};
@@ -33,6 +34,9 @@ pub struct AttentionSpec {
     pub groups: Option<usize>,
     pub eps: f64,
     pub rescale_output_factor: f64,
+    /// Add fixed 2-D position codes to the normalised pixels before they become queries, keys
+    /// and values (this project's `attention_position_codes`; diffusers has no such option).
+    pub position_codes: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -108,6 +112,11 @@ impl Attention {
             .reshape((b, c, h * w))?
             .transpose(1, 2)?
             .contiguous()?; // (B, HW, C)
+        let pixels = if self.spec.position_codes {
+            pixels.broadcast_add(&sine_position_codes_2d(h, w, c, xs.device())?)?
+        } else {
+            pixels
+        };
         let q = self.split_heads(&self.to_q.forward(&pixels)?)?;
         let self_kv = match (&self.to_k, &self.to_v) {
             (Some(k), Some(v)) => Some((

@@ -122,6 +122,7 @@ impl UNet2DConditionModel {
                 groups: Some(groups),
                 eps: 1e-5,
                 rescale_output_factor: 1.0,
+                position_codes: cfg.attention_position_codes,
             };
 
         let mut down_blocks = Vec::with_capacity(n);

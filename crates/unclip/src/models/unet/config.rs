@@ -216,6 +216,12 @@ pub struct UNet2DConditionConfig {
     pub mid_block_only_cross_attention: Option<bool>,
     #[serde(default)]
     pub cross_attention_norm: Option<String>,
+    /// This project's, not diffusers': add fixed 2-D sine position codes to the pixels at every
+    /// attention layer (see `position_codes`), so attention knows where a pixel is. Written to
+    /// `config.json` only when on; diffusers ignores the field, so a decoder trained with it
+    /// decodes differently there.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attention_position_codes: bool,
 }
 
 impl Default for UNet2DConditionConfig {

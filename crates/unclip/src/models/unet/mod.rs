@@ -11,6 +11,7 @@ pub mod blocks;
 mod condition;
 mod config;
 mod plain;
+pub mod position_codes;
 pub mod resnet;
 mod time;
 

@@ -106,6 +106,7 @@ impl UNet2DModel {
                 groups,
                 eps: cfg.norm_eps,
                 rescale_output_factor: cfg.mid_block_scale_factor,
+                position_codes: false,
             }
         });
         let mid_resnet = ResnetSpec {
