@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Retrains models/shapes from scratch on 2 CPU cores: the shapes world (50,000 scenes; 10% of
 # the grammar held out for `unclip eval shapes`), CLIP, the prior, the 32 px decoder (trained, then
-# fine-tuned twice), and the shared
+# fine-tuned three times, the last for placement), and the shared
 # 32 -> 64 px upsampler (upsampler.sh), assembled with f16 weights.
 # Each stage writes checkpoints; rerun a killed stage with --resume added to its line.
 # Usage: bash models/recipes/shapes.sh   (env: UNCLIP binary, WORK folder, RAYON_NUM_THREADS)
@@ -43,8 +43,37 @@ W=$WORK/shapes
 "$UNCLIP" train decoder --data "$W/data" --clip "$W/clip" --out "$W/decoder-snr2" \
   --config $R/decoder-shapes.json --set min_snr_gamma=5 --init-from "$W/decoder-snr" --lr 0.0003 \
   --max-steps 5000 --checkpoint-every 500 --workers 1
+# Placement (6-7 December 2026, 2 cores, about 2 h 15 min in all): its own text encoder, position
+# codes at attention and extra high-noise steps (decoder-shapes-placement.json). First taught on
+# 8 prompts that differ only in the relation word (500 images each): 500 steps at all
+# timesteps (EMA 0.99, so the weights are the trained ones), 250 at t >= 900, 2,000 at t >= 800.
+P=$W/placement
+[ -d "$P/data/000" ] || "$UNCLIP" data shapes --prompts $R/placement-prompts.txt --n 500 \
+  --out "$P/data" --seed 5
+"$UNCLIP" train decoder --data "$P/data" --clip "$W/clip" --out "$P/all-t" \
+  --config $R/decoder-shapes-placement.json --set train.ema_decay=0.99 --set high_noise=null \
+  --init-from "$W/decoder-snr2" --lr 0.0003 --max-steps 3000 --stop-at 500 --workers 1
+"$UNCLIP" train decoder --data "$P/data" --clip "$W/clip" --out "$P/t900" \
+  --config $R/decoder-shapes-placement.json --set train.ema_decay=0.99 \
+  --set 'high_noise={"min_timestep":900,"share":1.0}' --init-from "$P/all-t" --lr 0.0003 \
+  --max-steps 3000 --stop-at 250 --workers 1
+"$UNCLIP" train decoder --data "$P/data" --clip "$W/clip" --out "$P/t800" \
+  --config $R/decoder-shapes-placement.json --set train.ema_decay=0.99 \
+  --set 'high_noise={"min_timestep":800,"share":1.0}' --init-from "$P/t900" --lr 0.0003 \
+  --max-steps 3000 --stop-at 2000 --workers 1
+# Then the whole world: 2,500 steps with half of each batch at t >= 800, then 4,000 steps with
+# 20,000 relation-only scenes added and 70% at t >= 800. The committed decoder is that run's end.
+"$UNCLIP" train decoder --data "$W/data" --clip "$W/clip" --out "$P/world" \
+  --config $R/decoder-shapes-placement.json --init-from "$P/t800" --lr 0.0003 \
+  --max-steps 4500 --stop-at 2500 --checkpoint-every 500 --workers 1
+mkdir -p "$P/mix" && ln -sfn "$(realpath "$W/data")" "$P/mix/world"
+[ -d "$P/mix/relations/000" ] || "$UNCLIP" data shapes --forms relation --n 20000 \
+  --out "$P/mix/relations" --seed 4
+RAYON_NUM_THREADS=2 "$UNCLIP" train decoder --data "$P/mix" --clip "$W/clip" --out "$P/world-relations" \
+  --config $R/decoder-shapes-placement.json --set 'high_noise={"min_timestep":800,"share":0.7}' \
+  --init-from "$P/world" --lr 0.0003 --max-steps 4000 --checkpoint-every 500 --workers 1
 [ -d "$WORK/upsampler/super_res_first" ] || WORK=$WORK bash $R/upsampler.sh
-"$UNCLIP" assemble --clip "$W/clip" --prior "$W/prior" --decoder "$W/decoder-snr2" \
+"$UNCLIP" assemble --clip "$W/clip" --prior "$W/prior" --decoder "$P/world-relations" \
   --upsampler "$WORK/upsampler" --dtype f16 --out "$W/pipeline"
 # models/shapes also holds eval-prompts.txt and sampling.json (decoder guidance 2, chosen by
 # `unclip eval shapes`), so the pipeline's parts are copied in beside them.

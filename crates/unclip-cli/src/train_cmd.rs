@@ -27,8 +27,8 @@ pub struct StageArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// The CLIP model whose embeddings condition the prior and the decoder: a CLIPModel folder,
-    /// or a pipeline folder (whose text and image encoders are used).
-    #[arg(long)]
+    /// or a pipeline folder (whose text and image encoders are used), or a built-in model's name.
+    #[arg(long, value_parser = crate::builtin_models::model_path)]
     pub clip: Option<PathBuf>,
     #[arg(long, default_value = "tiny", value_parser = ["tiny", "small", "medium"], conflicts_with = "config")]
     pub preset: String,
@@ -64,9 +64,10 @@ pub struct StageArgs {
     #[arg(long)]
     pub resume: bool,
     /// Fine-tune: start from the weights of a model folder of this stage (a training run's
-    /// output, one of its checkpoints, or a pipeline folder) instead of a fresh initialisation.
+    /// output, one of its checkpoints, a pipeline folder or a built-in model's name) instead of a
+    /// fresh initialisation.
     /// The recipe must describe the same network; optimizer, EMA and schedule start anew.
-    #[arg(long, value_name = "DIR", conflicts_with = "resume")]
+    #[arg(long, value_name = "DIR", conflicts_with = "resume", value_parser = crate::builtin_models::model_path)]
     pub init_from: Option<PathBuf>,
     /// Stop (with a checkpoint) at this step, keeping --max-steps for the learning-rate schedule;
     /// continue later with --resume.
@@ -85,8 +86,8 @@ pub struct StageArgs {
 
 #[derive(Args)]
 pub struct EmbedDatasetArgs {
-    /// The CLIP model (the one the prior will be trained against).
-    #[arg(long)]
+    /// The CLIP model (the one the prior will be trained against); a built-in model's name too.
+    #[arg(long, value_parser = crate::builtin_models::model_path)]
     pub clip: PathBuf,
     #[arg(long)]
     pub data: String,
@@ -97,16 +98,20 @@ pub struct EmbedDatasetArgs {
 
 #[derive(Args)]
 pub struct AssembleArgs {
-    #[arg(long)]
+    /// A CLIPModel folder, or a pipeline folder (or a built-in model's name) whose CLIP parts
+    /// are copied as they are.
+    #[arg(long, value_parser = crate::builtin_models::model_path)]
     pub clip: PathBuf,
-    /// Output of `unclip train prior` (optional: without it the folder makes variations only).
-    #[arg(long)]
+    /// Output of `unclip train prior`, or a pipeline folder (optional: without it the folder
+    /// makes variations only).
+    #[arg(long, value_parser = crate::builtin_models::model_path)]
     pub prior: Option<PathBuf>,
     /// Output of `unclip train decoder`.
     #[arg(long)]
     pub decoder: PathBuf,
-    /// Output of `unclip train upsampler` (optional: without it the decoder's image is final).
-    #[arg(long)]
+    /// Output of `unclip train upsampler`, or a pipeline folder (optional: without it the
+    /// decoder's image is final).
+    #[arg(long, value_parser = crate::builtin_models::model_path)]
     pub upsampler: Option<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,

@@ -2,7 +2,9 @@
 //! `generate`, `vary` and diffusers read it): the CLIP model becomes `text_encoder/` +
 //! `tokenizer/` and `image_encoder/` + `feature_extractor/`; the stage folders written by the
 //! trainers contribute `prior/`, `decoder/` + `text_proj/` (+ `decoder_text_encoder/` when the
-//! decoder has its own) and `super_res_first/last/`.
+//! decoder has its own) and `super_res_first/last/`. The CLIP may also come from a pipeline
+//! folder (a built-in model, or an earlier `assemble`), whose four CLIP parts are copied as they
+//! are, so that a newly trained decoder can be put into an existing model.
 
 use crate::checkpoint::{replace_dir, write_atomic};
 use crate::clip::{load_clip_tensors, save_clip, ClipLayout, ClipModel, PROCESSOR_FILE};
@@ -43,15 +45,65 @@ pub struct PipelineParts<'a> {
     pub upsampler: Option<&'a Path>,
 }
 
-pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
-    let device = Device::Cpu;
-    let clip = ClipModel::load(parts.clip, &device)?;
-    if !clip.has_text() || !clip.has_vision() {
-        return Err(Error::Checkpoint {
-            path: parts.clip.to_path_buf(),
-            message: "assemble needs a full CLIPModel folder (both towers)".into(),
-        });
+/// The CLIP parts of a pipeline folder, in the order `model_index.json` lists them.
+const CLIP_PARTS: [&str; 4] = [
+    "text_encoder",
+    "tokenizer",
+    "image_encoder",
+    "feature_extractor",
+];
+
+fn is_pipeline_folder(dir: &Path) -> bool {
+    !dir.join("config.json").is_file() && dir.join("model_index.json").is_file()
+}
+
+/// Checks that a pipeline folder's towers load, then copies its CLIP parts into `tmp`.
+fn copy_pipeline_clip(dir: &Path, tmp: &Path) -> Result<()> {
+    for tower in ["text_encoder", "image_encoder"] {
+        require_clip_part(dir, tower)?;
+        ClipModel::load(&dir.join(tower), &Device::Cpu)?;
     }
+    require_clip_part(dir, "tokenizer")?;
+    for part in CLIP_PARTS {
+        if dir.join(part).is_dir() {
+            copy_tree(&dir.join(part), &tmp.join(part))?;
+        }
+    }
+    Ok(())
+}
+
+fn require_clip_part(dir: &Path, part: &str) -> Result<()> {
+    if dir.join(part).is_dir() {
+        Ok(())
+    } else {
+        Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!(
+                "a pipeline folder given as the CLIP needs `{part}/` (text_encoder, tokenizer and image_encoder)"
+            ),
+        })
+    }
+}
+
+pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
+    if is_pipeline_folder(parts.clip) {
+        // Fail before anything is written.
+        for part in ["text_encoder", "image_encoder", "tokenizer"] {
+            require_clip_part(parts.clip, part)?;
+        }
+    }
+    check_stage_folders(parts)?;
+    replace_dir(out, |tmp| {
+        if is_pipeline_folder(parts.clip) {
+            copy_pipeline_clip(parts.clip, tmp)?;
+        } else {
+            write_clip_parts(parts.clip, tmp)?;
+        }
+        write_stage_parts(parts, tmp)
+    })
+}
+
+fn check_stage_folders(parts: &PipelineParts) -> Result<()> {
     if let Some(p) = parts.prior {
         require(p, "prior", "prior")?;
     }
@@ -60,93 +112,111 @@ pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
     if let Some(u) = parts.upsampler {
         require(u, "super_res_first", "upsampler")?;
     }
-    let tensors = load_clip_tensors(parts.clip, &device)?;
-    replace_dir(out, |tmp| {
-        save_clip(
-            &tmp.join("text_encoder"),
-            clip.config(),
-            &tensors,
-            ClipLayout::Text,
-        )?;
-        save_clip(
-            &tmp.join("image_encoder"),
-            clip.config(),
-            &tensors,
-            ClipLayout::Vision,
-        )?;
-        let tokenizer = tmp.join("tokenizer");
-        std::fs::create_dir_all(&tokenizer).map_err(|e| Error::io(&tokenizer, e))?;
-        for name in [
-            "tokenizer.json",
-            "vocab.json",
-            "merges.txt",
-            "tokenizer_config.json",
-            "special_tokens_map.json",
-        ] {
-            let src = parts.clip.join(name);
-            if src.is_file() {
-                std::fs::copy(&src, tokenizer.join(name)).map_err(|e| Error::io(&src, e))?;
-            }
+    Ok(())
+}
+
+/// A CLIPModel folder's towers re-saved in the pipeline's two layouts, with its tokenizer and
+/// image processor files.
+fn write_clip_parts(clip_dir: &Path, tmp: &Path) -> Result<()> {
+    let device = Device::Cpu;
+    let clip = ClipModel::load(clip_dir, &device)?;
+    if !clip.has_text() || !clip.has_vision() {
+        return Err(Error::Checkpoint {
+            path: clip_dir.to_path_buf(),
+            message: "assemble needs a full CLIPModel folder (both towers) or a pipeline folder"
+                .into(),
+        });
+    }
+    let tensors = load_clip_tensors(clip_dir, &device)?;
+    save_clip(
+        &tmp.join("text_encoder"),
+        clip.config(),
+        &tensors,
+        ClipLayout::Text,
+    )?;
+    save_clip(
+        &tmp.join("image_encoder"),
+        clip.config(),
+        &tensors,
+        ClipLayout::Vision,
+    )?;
+    let tokenizer = tmp.join("tokenizer");
+    std::fs::create_dir_all(&tokenizer).map_err(|e| Error::io(&tokenizer, e))?;
+    for name in [
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+        "tokenizer_config.json",
+        "special_tokens_map.json",
+    ] {
+        let src = clip_dir.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, tokenizer.join(name)).map_err(|e| Error::io(&src, e))?;
         }
-        let features = tmp.join("feature_extractor");
-        std::fs::create_dir_all(&features).map_err(|e| Error::io(&features, e))?;
-        let processor = parts.clip.join(PROCESSOR_FILE);
-        if processor.is_file() {
-            std::fs::copy(&processor, features.join(PROCESSOR_FILE))
-                .map_err(|e| Error::io(&processor, e))?;
+    }
+    let features = tmp.join("feature_extractor");
+    std::fs::create_dir_all(&features).map_err(|e| Error::io(&features, e))?;
+    let processor = clip_dir.join(PROCESSOR_FILE);
+    if processor.is_file() {
+        std::fs::copy(&processor, features.join(PROCESSOR_FILE))
+            .map_err(|e| Error::io(&processor, e))?;
+    }
+    Ok(())
+}
+
+/// The trained stages' folders, and `model_index.json`.
+fn write_stage_parts(parts: &PipelineParts, tmp: &Path) -> Result<()> {
+    let mut components = vec![
+        (
+            "text_encoder",
+            r#"["transformers", "CLIPTextModelWithProjection"]"#,
+        ),
+        ("tokenizer", r#"["transformers", "CLIPTokenizer"]"#),
+        (
+            "image_encoder",
+            r#"["transformers", "CLIPVisionModelWithProjection"]"#,
+        ),
+        (
+            "feature_extractor",
+            r#"["transformers", "CLIPImageProcessor"]"#,
+        ),
+        ("text_proj", r#"["unclip", "UnCLIPTextProjModel"]"#),
+        ("decoder", r#"["diffusers", "UNet2DConditionModel"]"#),
+        ("decoder_scheduler", r#"["diffusers", "UnCLIPScheduler"]"#),
+    ];
+    for part in ["decoder", "text_proj", "decoder_scheduler"] {
+        copy_tree(&parts.decoder.join(part), &tmp.join(part))?;
+    }
+    // Left out of model_index.json: diffusers would try to load it as a pipeline part.
+    let own_text = parts.decoder.join(DECODER_TEXT_ENCODER);
+    if own_text.is_dir() {
+        copy_tree(&own_text, &tmp.join(DECODER_TEXT_ENCODER))?;
+    }
+    if let Some(prior) = parts.prior {
+        for part in ["prior", "prior_scheduler"] {
+            copy_tree(&prior.join(part), &tmp.join(part))?;
         }
-        let mut components = vec![
-            (
-                "text_encoder",
-                r#"["transformers", "CLIPTextModelWithProjection"]"#,
-            ),
-            ("tokenizer", r#"["transformers", "CLIPTokenizer"]"#),
-            (
-                "image_encoder",
-                r#"["transformers", "CLIPVisionModelWithProjection"]"#,
-            ),
-            (
-                "feature_extractor",
-                r#"["transformers", "CLIPImageProcessor"]"#,
-            ),
-            ("text_proj", r#"["unclip", "UnCLIPTextProjModel"]"#),
-            ("decoder", r#"["diffusers", "UNet2DConditionModel"]"#),
-            ("decoder_scheduler", r#"["diffusers", "UnCLIPScheduler"]"#),
-        ];
-        for part in ["decoder", "text_proj", "decoder_scheduler"] {
-            copy_tree(&parts.decoder.join(part), &tmp.join(part))?;
+        components.push(("prior", r#"["diffusers", "PriorTransformer"]"#));
+        components.push(("prior_scheduler", r#"["diffusers", "UnCLIPScheduler"]"#));
+    }
+    if let Some(up) = parts.upsampler {
+        for part in ["super_res_first", "super_res_last", "super_res_scheduler"] {
+            copy_tree(&up.join(part), &tmp.join(part))?;
         }
-        // Left out of model_index.json: diffusers would try to load it as a pipeline part.
-        let own_text = parts.decoder.join(DECODER_TEXT_ENCODER);
-        if own_text.is_dir() {
-            copy_tree(&own_text, &tmp.join(DECODER_TEXT_ENCODER))?;
-        }
-        if let Some(prior) = parts.prior {
-            for part in ["prior", "prior_scheduler"] {
-                copy_tree(&prior.join(part), &tmp.join(part))?;
-            }
-            components.push(("prior", r#"["diffusers", "PriorTransformer"]"#));
-            components.push(("prior_scheduler", r#"["diffusers", "UnCLIPScheduler"]"#));
-        }
-        if let Some(up) = parts.upsampler {
-            for part in ["super_res_first", "super_res_last", "super_res_scheduler"] {
-                copy_tree(&up.join(part), &tmp.join(part))?;
-            }
-            components.push(("super_res_first", r#"["diffusers", "UNet2DModel"]"#));
-            components.push(("super_res_last", r#"["diffusers", "UNet2DModel"]"#));
-            components.push(("super_res_scheduler", r#"["diffusers", "UnCLIPScheduler"]"#));
-        }
-        let class = if parts.prior.is_some() {
-            "UnCLIPPipeline"
-        } else {
-            "UnCLIPImageVariationPipeline"
-        };
-        let mut index =
-            format!("{{\n  \"_class_name\": \"{class}\",\n  \"_diffusers_version\": \"0.42.1\"");
-        for (name, value) in components {
-            index.push_str(&format!(",\n  \"{name}\": {value}"));
-        }
-        index.push_str("\n}\n");
-        write_atomic(&tmp.join("model_index.json"), index.as_bytes())
-    })
+        components.push(("super_res_first", r#"["diffusers", "UNet2DModel"]"#));
+        components.push(("super_res_last", r#"["diffusers", "UNet2DModel"]"#));
+        components.push(("super_res_scheduler", r#"["diffusers", "UnCLIPScheduler"]"#));
+    }
+    let class = if parts.prior.is_some() {
+        "UnCLIPPipeline"
+    } else {
+        "UnCLIPImageVariationPipeline"
+    };
+    let mut index =
+        format!("{{\n  \"_class_name\": \"{class}\",\n  \"_diffusers_version\": \"0.42.1\"");
+    for (name, value) in components {
+        index.push_str(&format!(",\n  \"{name}\": {value}"));
+    }
+    index.push_str("\n}\n");
+    write_atomic(&tmp.join("model_index.json"), index.as_bytes())
 }

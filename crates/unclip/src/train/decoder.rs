@@ -19,14 +19,14 @@ use super::conditioning::{
 use super::noise_loss::{check_trainable, denoising_loss, denoising_target};
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
-use crate::checkpoint::{save_safetensors, write_config};
+use crate::checkpoint::{read_config, save_safetensors, write_config};
 use crate::clip::{ClipModel, ClipTextConfig, WEIGHTS_FILE};
 use crate::diffusion::{
     vlb_loss, NoiseSchedule, NoiseSource, Prediction, Sampler, SchedulerConfig, VarianceType,
 };
 use crate::error::{Error, Result};
 use crate::imageops::{contact_sheet, save_png, to_rgb8};
-use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel};
+use crate::models::unet::{UNet2DConditionConfig, UNet2DConditionModel, CONFIG_FILE};
 use crate::models::{TextProj, TextProjConfig};
 use crate::pipeline::{GenerateOptions, UnclipPipeline, DECODER_TEXT_ENCODER};
 use candle_core::{DType, Device, Tensor};
@@ -362,6 +362,18 @@ impl TrainStage for DecoderStage {
     }
 
     fn init_from(&self, dir: &Path) -> Result<()> {
+        // Position codes add no weights, so only the config tells; a decoder that learned with
+        // them decodes wrongly without them (adding them to one that had none is fine-tuning).
+        let config_path = dir.join("decoder").join(CONFIG_FILE);
+        if config_path.is_file() {
+            let source: UNet2DConditionConfig = read_config(&config_path, "decoder config")?;
+            if source.attention_position_codes && !self.unet_config.attention_position_codes {
+                return Err(Error::Checkpoint {
+                    path: dir.to_path_buf(),
+                    message: "this decoder was trained with position codes at attention; set `unet.attention_position_codes` to true in the recipe".into(),
+                });
+            }
+        }
         self.params.load_folder(
             "decoder.",
             &dir.join("decoder"),

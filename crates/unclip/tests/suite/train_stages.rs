@@ -337,6 +337,40 @@ fn a_decoder_with_its_own_text_encoder_trains_it_saves_it_and_reads_it_when_gene
     assemble(&parts, &pipeline_dir).unwrap();
     let mut pipeline = UnclipPipeline::load(&pipeline_dir, &Device::Cpu).unwrap();
     assert!(pipeline.decoder_text_encoder.is_some());
+    // A pipeline folder can stand for the CLIP: its CLIP parts are copied unchanged.
+    let again_dir = root.join("pipeline-from-pipeline");
+    let from_pipeline = PipelineParts {
+        clip: &pipeline_dir,
+        ..parts
+    };
+    assemble(&from_pipeline, &again_dir).unwrap();
+    for file in [
+        "text_encoder/model.safetensors",
+        "image_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+        "model_index.json",
+    ] {
+        assert_eq!(
+            std::fs::read(pipeline_dir.join(file)).unwrap(),
+            std::fs::read(again_dir.join(file)).unwrap(),
+            "{file}"
+        );
+    }
+    UnclipPipeline::load(&again_dir, &Device::Cpu).unwrap();
+    let no_tokenizer = root.join("no-tokenizer");
+    assemble(&from_pipeline, &no_tokenizer).unwrap();
+    std::fs::remove_dir_all(no_tokenizer.join("tokenizer")).unwrap();
+    let err = assemble(
+        &PipelineParts {
+            clip: &no_tokenizer,
+            ..parts
+        },
+        &root.join("never"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("tokenizer"), "{err}");
+    assert!(!root.join("never").exists());
     let embeddings = Tensor::randn(0f32, 1.0, (1, 32), &Device::Cpu).unwrap();
     let opts = GenerateOptions {
         decoder_steps: 2,
@@ -403,6 +437,14 @@ fn a_decoder_with_position_codes_and_high_noise_steps_learns_and_saves_the_optio
     )
     .unwrap();
     assert_eq!(config["attention_position_codes"], serde_json::json!(true));
+    // Fine-tuning it without them is refused; a decoder without them may gain them.
+    let without = DecoderStage::new(&decoder_recipe(), clip(), 2).unwrap();
+    let err = without.init_from(&out).unwrap_err().to_string();
+    assert!(err.contains("unet.attention_position_codes"), "{err}");
+    DecoderStage::new(&recipe, clip(), 2)
+        .unwrap()
+        .init_from(&out)
+        .unwrap();
 }
 
 #[test]
