@@ -186,6 +186,14 @@ impl DecoderStage {
         check_trainable(recipe.scheduler.prediction_type)?;
         if let Some(high_noise) = &recipe.high_noise {
             high_noise.validate(recipe.scheduler.num_train_timesteps)?;
+            if recipe.min_snr_gamma.is_some()
+                && recipe.scheduler.prediction_type == Prediction::Sample
+            {
+                tracing::warn!(
+                    "min_snr_gamma with image prediction weighs each step by its SNR, about 0 at \
+                     high noise, so the high_noise steps will teach little"
+                );
+            }
         }
         let mut text_proj_config = recipe.text_proj.clone();
         text_proj_config.clip_embeddings_dim = clip.embedding_dim();
