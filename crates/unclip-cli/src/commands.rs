@@ -7,6 +7,7 @@ use unclip::clip::{load_clip_tensors, save_clip, ClipConfig, ClipLayout, ClipMod
 use unclip::data::ImageFolder;
 use unclip::pipeline::ClipEmbedder;
 use unclip::tokenizer::ClipTokenizer;
+use unclip::tokenizer::TOKENIZER_FILES;
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
@@ -146,14 +147,10 @@ fn convert(args: ConvertArgs) -> Result<()> {
     }
     let tensors = load_clip_tensors(&args.model, &Device::Cpu)?;
     save_clip(&args.out, &config, &tensors, layout)?;
-    for name in [
-        "tokenizer.json",
-        "vocab.json",
-        "merges.txt",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-        "preprocessor_config.json",
-    ] {
+    for name in TOKENIZER_FILES
+        .into_iter()
+        .chain(["preprocessor_config.json"])
+    {
         let src = args.model.join(name);
         if src.is_file() {
             std::fs::copy(&src, args.out.join(name))

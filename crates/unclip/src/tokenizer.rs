@@ -32,6 +32,15 @@ fn tok_err(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Tokenizer(format!("{what}: {e}"))
 }
 
+/// The files of a transformers CLIP tokenizer folder, copied as a set wherever one is re-saved.
+pub const TOKENIZER_FILES: [&str; 5] = [
+    "tokenizer.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
 /// A batch of token sequences, all `context_length` long.
 #[derive(Debug, Clone)]
 pub struct TokenBatch {

@@ -10,6 +10,7 @@ use crate::checkpoint::{replace_dir, write_atomic};
 use crate::clip::{load_clip_tensors, save_clip, ClipLayout, ClipModel, PROCESSOR_FILE};
 use crate::error::{Error, Result};
 use crate::pipeline::DECODER_TEXT_ENCODER;
+use crate::tokenizer::TOKENIZER_FILES;
 use candle_core::Device;
 use std::path::Path;
 
@@ -60,10 +61,8 @@ fn is_pipeline_folder(dir: &Path) -> bool {
 /// Checks that a pipeline folder's towers load, then copies its CLIP parts into `tmp`.
 fn copy_pipeline_clip(dir: &Path, tmp: &Path) -> Result<()> {
     for tower in ["text_encoder", "image_encoder"] {
-        require_clip_part(dir, tower)?;
         ClipModel::load(&dir.join(tower), &Device::Cpu)?;
     }
-    require_clip_part(dir, "tokenizer")?;
     for part in CLIP_PARTS {
         if dir.join(part).is_dir() {
             copy_tree(&dir.join(part), &tmp.join(part))?;
@@ -86,7 +85,8 @@ fn require_clip_part(dir: &Path, part: &str) -> Result<()> {
 }
 
 pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
-    if is_pipeline_folder(parts.clip) {
+    let clip_from_pipeline = is_pipeline_folder(parts.clip);
+    if clip_from_pipeline {
         // Fail before anything is written.
         for part in ["text_encoder", "image_encoder", "tokenizer"] {
             require_clip_part(parts.clip, part)?;
@@ -94,7 +94,7 @@ pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
     }
     check_stage_folders(parts)?;
     replace_dir(out, |tmp| {
-        if is_pipeline_folder(parts.clip) {
+        if clip_from_pipeline {
             copy_pipeline_clip(parts.clip, tmp)?;
         } else {
             write_clip_parts(parts.clip, tmp)?;
@@ -142,13 +142,7 @@ fn write_clip_parts(clip_dir: &Path, tmp: &Path) -> Result<()> {
     )?;
     let tokenizer = tmp.join("tokenizer");
     std::fs::create_dir_all(&tokenizer).map_err(|e| Error::io(&tokenizer, e))?;
-    for name in [
-        "tokenizer.json",
-        "vocab.json",
-        "merges.txt",
-        "tokenizer_config.json",
-        "special_tokens_map.json",
-    ] {
+    for name in TOKENIZER_FILES {
         let src = clip_dir.join(name);
         if src.is_file() {
             std::fs::copy(&src, tokenizer.join(name)).map_err(|e| Error::io(&src, e))?;
