@@ -16,7 +16,7 @@ use super::conditioning::{
     keep_mask, normal, select_rows, timesteps, timesteps_with_high_noise, FrozenClip,
     TextConditioning,
 };
-use super::noise_loss::{check_trainable, denoising_loss, denoising_target};
+use super::noise_loss::{check_trainable, denoising_loss, denoising_target, SnrWeighting};
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::{read_config, save_safetensors, write_config};
@@ -52,6 +52,10 @@ pub struct DecoderRecipe {
     /// Min-SNR-γ loss weighting (γ = 5 in its paper); absent: the plain mean squared error.
     #[serde(default)]
     pub min_snr_gamma: Option<f64>,
+    /// With `min_snr_gamma`: no sample's weight falls below this (1: the noisiest steps count as
+    /// in the plain mean squared error); absent: 0, plain Min-SNR.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_snr_floor: Option<f64>,
     /// The decoder's own text encoder; absent: it reads the CLIP text tower's token states.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_encoder: Option<DecoderTextEncoderRecipe>,
@@ -145,7 +149,7 @@ pub struct DecoderStage {
     clip: FrozenClip,
     image_drop: f64,
     caption_drop: f64,
-    min_snr_gamma: Option<f64>,
+    loss_weighting: Option<SnrWeighting>,
     high_noise: Option<HighNoiseRecipe>,
     image_size: usize,
     /// The empty caption's conditioning (1 row), used where the caption is dropped.
@@ -184,14 +188,16 @@ impl DecoderStage {
             ));
         }
         check_trainable(recipe.scheduler.prediction_type)?;
+        let loss_weighting = SnrWeighting::from_recipe(recipe.min_snr_gamma, recipe.min_snr_floor)?;
         if let Some(high_noise) = &recipe.high_noise {
             high_noise.validate(recipe.scheduler.num_train_timesteps)?;
-            if recipe.min_snr_gamma.is_some()
+            if loss_weighting.is_some_and(|w| w.floor == 0.0)
                 && recipe.scheduler.prediction_type == Prediction::Sample
             {
                 tracing::warn!(
                     "min_snr_gamma with image prediction weighs each step by its SNR, about 0 at \
-                     high noise, so the high_noise steps will teach little"
+                     high noise, so the high_noise steps will teach little (min_snr_floor=1 keeps \
+                     them at the plain weight)"
                 );
             }
         }
@@ -224,7 +230,7 @@ impl DecoderStage {
             clip,
             image_drop: recipe.image_embedding_drop,
             caption_drop: recipe.caption_drop,
-            min_snr_gamma: recipe.min_snr_gamma,
+            loss_weighting,
             high_noise: recipe.high_noise.clone(),
             empty,
         })
@@ -359,7 +365,7 @@ impl TrainStage for DecoderStage {
             prediction,
             &self.schedule,
             &ts,
-            self.min_snr_gamma,
+            self.loss_weighting,
         )?;
         if out.dim(1)? == 2 * c {
             let v = out.narrow(1, c, c)?;

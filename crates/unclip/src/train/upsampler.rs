@@ -5,7 +5,7 @@
 //! sampling time it repairs what the decoder's image lacks.
 
 use super::conditioning::{normal, timesteps};
-use super::noise_loss::{check_trainable, denoising_loss, denoising_target};
+use super::noise_loss::{check_trainable, denoising_loss, denoising_target, SnrWeighting};
 use super::params::ParamStore;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::write_config;
@@ -182,7 +182,7 @@ impl TrainStage for UpsamplerStage {
             prediction,
             &self.schedule,
             &ts,
-            self.recipe.min_snr_gamma,
+            SnrWeighting::from_recipe(self.recipe.min_snr_gamma, None)?,
         )
     }
 

@@ -397,7 +397,7 @@ fn a_decoder_with_its_own_text_encoder_trains_it_saves_it_and_reads_it_when_gene
 }
 
 #[test]
-fn a_decoder_with_position_codes_and_high_noise_steps_learns_and_saves_the_option() {
+fn a_decoder_with_position_codes_high_noise_steps_and_a_min_snr_floor_learns_and_saves_the_option() {
     let data = dataset("train-decoder-positions", 48);
     let out = data.parent().unwrap().join("out");
     let mut recipe = decoder_recipe();
@@ -420,6 +420,13 @@ fn a_decoder_with_position_codes_and_high_noise_steps_learns_and_saves_the_optio
         min_timestep: 800,
         share: 0.5,
     });
+    recipe.min_snr_floor = Some(1.0);
+    let err = DecoderStage::new(&recipe, clip(), 11)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("min_snr_floor"), "{err}");
+    recipe.min_snr_gamma = Some(5.0);
     recipe.unet.attention_position_codes = true;
     recipe.image_embedding_drop = 0.5;
     let stage = DecoderStage::new(&recipe, clip(), 11).unwrap();
