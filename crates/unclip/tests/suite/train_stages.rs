@@ -397,7 +397,7 @@ fn a_decoder_with_its_own_text_encoder_trains_it_saves_it_and_reads_it_when_gene
 }
 
 #[test]
-fn a_decoder_with_position_codes_high_noise_steps_and_a_min_snr_floor_learns_and_saves_the_option() {
+fn a_decoder_with_layout_options_and_a_min_snr_floor_learns_and_saves_them() {
     let data = dataset("train-decoder-positions", 48);
     let out = data.parent().unwrap().join("out");
     let mut recipe = decoder_recipe();
