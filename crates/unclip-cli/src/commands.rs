@@ -6,8 +6,7 @@ use candle_core::Device;
 use unclip::clip::{load_clip_tensors, save_clip, ClipConfig, ClipLayout, ClipModel};
 use unclip::data::ImageFolder;
 use unclip::pipeline::ClipEmbedder;
-use unclip::tokenizer::ClipTokenizer;
-use unclip::tokenizer::TOKENIZER_FILES;
+use unclip::tokenizer::{ClipTokenizer, TOKENIZER_FILES};
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {

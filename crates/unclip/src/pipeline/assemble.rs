@@ -58,11 +58,8 @@ fn is_pipeline_folder(dir: &Path) -> bool {
     !dir.join("config.json").is_file() && dir.join("model_index.json").is_file()
 }
 
-/// Checks that a pipeline folder's towers load, then copies its CLIP parts into `tmp`.
+/// Copies a pipeline folder's CLIP parts into `tmp`.
 fn copy_pipeline_clip(dir: &Path, tmp: &Path) -> Result<()> {
-    for tower in ["text_encoder", "image_encoder"] {
-        ClipModel::load(&dir.join(tower), &Device::Cpu)?;
-    }
     for part in CLIP_PARTS {
         if dir.join(part).is_dir() {
             copy_tree(&dir.join(part), &tmp.join(part))?;
@@ -90,6 +87,9 @@ pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
         // Fail before anything is written.
         for part in ["text_encoder", "image_encoder", "tokenizer"] {
             require_clip_part(parts.clip, part)?;
+        }
+        for tower in ["text_encoder", "image_encoder"] {
+            ClipModel::load(&parts.clip.join(tower), &Device::Cpu)?;
         }
     }
     check_stage_folders(parts)?;

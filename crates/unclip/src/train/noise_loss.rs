@@ -120,19 +120,23 @@ mod tests {
         SnrWeighting::from_recipe(Some(gamma), None).unwrap()
     }
 
+    /// The weighted loss of predicting 0 where the target is 1 (every sample's error is 1).
+    fn unit_error_loss(prediction: Prediction, ts: &[i64], w: Option<SnrWeighting>) -> f32 {
+        let dev = Device::Cpu;
+        let shape = (ts.len(), 3, 4, 4);
+        let predicted = Tensor::zeros(shape, candle_core::DType::F32, &dev).unwrap();
+        let target = Tensor::ones(shape, candle_core::DType::F32, &dev).unwrap();
+        let schedule = NoiseSchedule::cosine(1000);
+        denoising_loss(&predicted, &target, prediction, &schedule, ts, w)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     #[test]
     fn a_floor_keeps_the_noisiest_steps_at_plain_weight() {
-        let schedule = NoiseSchedule::cosine(1000);
-        let dev = Device::Cpu;
-        let predicted = Tensor::zeros((2, 1, 2, 2), candle_core::DType::F32, &dev).unwrap();
-        let target = Tensor::ones((2, 1, 2, 2), candle_core::DType::F32, &dev).unwrap();
         let floored = SnrWeighting::from_recipe(Some(5.0), Some(1.0)).unwrap();
-        let loss = |ts: &[i64], w| {
-            denoising_loss(&predicted, &target, Prediction::Sample, &schedule, ts, w)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap()
-        };
+        let loss = |ts: &[i64], w| unit_error_loss(Prediction::Sample, ts, w);
         // t = 950: SNR ≈ 0, so Min-SNR alone weighs it ≈ 0 and the floor lifts it to 1.
         assert!(loss(&[950, 950], min_snr(5.0)) < 0.05);
         assert!((loss(&[950, 950], floored) - 1.0).abs() < 1e-6);
@@ -155,32 +159,10 @@ mod tests {
     fn min_snr_weights_follow_the_prediction_type() {
         let schedule = NoiseSchedule::cosine(1000);
         let dev = Device::Cpu;
-        let predicted = Tensor::zeros((2, 3, 4, 4), candle_core::DType::F32, &dev).unwrap();
-        let noise = Tensor::ones((2, 3, 4, 4), candle_core::DType::F32, &dev).unwrap();
-        let plain = denoising_loss(
-            &predicted,
-            &noise,
-            Prediction::Epsilon,
-            &schedule,
-            &[10, 900],
-            None,
-        )
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+        let plain = unit_error_loss(Prediction::Epsilon, &[10, 900], None);
         assert_eq!(plain, 1.0);
         // t = 900 is noisy (SNR < 5): weight 1; t = 10 is nearly clean: weight 5 / SNR << 1.
-        let weighted = denoising_loss(
-            &predicted,
-            &noise,
-            Prediction::Epsilon,
-            &schedule,
-            &[10, 900],
-            min_snr(5.0),
-        )
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+        let weighted = unit_error_loss(Prediction::Epsilon, &[10, 900], min_snr(5.0));
         let a = schedule.alpha_bar(10) as f64;
         let expected = (1.0 + 5.0 / (a / (1.0 - a))) / 2.0;
         assert!(
@@ -188,21 +170,9 @@ mod tests {
             "{weighted} vs {expected}"
         );
         assert!(weighted < 0.6);
-        let eps = Prediction::Epsilon;
         assert!(SnrWeighting::from_recipe(Some(0.0), None).is_err());
-        let _ = eps;
         // x0-prediction: weight min(SNR, 5): 5 at t = 10, SNR (< 1) at t = 900.
-        let sample = denoising_loss(
-            &predicted,
-            &noise,
-            Prediction::Sample,
-            &schedule,
-            &[10, 900],
-            min_snr(5.0),
-        )
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
+        let sample = unit_error_loss(Prediction::Sample, &[10, 900], min_snr(5.0));
         let b = schedule.alpha_bar(900) as f64;
         let expected = (5.0 + b / (1.0 - b)) / 2.0;
         assert!(
