@@ -34,14 +34,19 @@ pub enum EvalCommand {
 /// Sampling settings; each one left out keeps the pipeline default (`unclip generate`'s).
 #[derive(Args)]
 pub struct EvalSamplingArgs {
+    /// [default: the model's sampling.json, else 25]
     #[arg(long)]
     pub prior_steps: Option<usize>,
+    /// [default: the model's sampling.json, else 25]
     #[arg(long)]
     pub decoder_steps: Option<usize>,
+    /// [default: the model's sampling.json, else 7]
     #[arg(long)]
     pub super_res_steps: Option<usize>,
+    /// [default: the model's sampling.json, else 4]
     #[arg(long)]
     pub prior_guidance: Option<f64>,
+    /// [default: the model's sampling.json, else 8]
     #[arg(long)]
     pub decoder_guidance: Option<f64>,
     /// ddpm, ddim or dpm++.
@@ -50,6 +55,8 @@ pub struct EvalSamplingArgs {
     /// DDIM's eta (0: deterministic).
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
+    /// Draw this many prior samples and keep the one closest to the text (the paper uses 2)
+    /// [default: the model's sampling.json, else 1]
     #[arg(long)]
     pub prior_candidates: Option<usize>,
     /// Decode this many images per image and keep the one CLIP finds closest to the prompt
