@@ -94,8 +94,8 @@ RAYON_NUM_THREADS=2 "$UNCLIP" train decoder --data "$P/mix" --clip "$W/clip" --o
 "$UNCLIP" train upsampler --data "$W/data" --out "$W/upsampler" --config $R/upsampler.json \
   --init-from "$WORK/upsampler" --lr 0.0003 --max-steps 4000 --stop-at 2000 \
   --checkpoint-every 500 --workers 1
+# The model's sampling.json (decoder guidance 2, chosen by `unclip eval shapes`) goes with it.
 "$UNCLIP" assemble --clip "$W/clip" --prior "$W/prior" --decoder "$P/corners-20" \
-  --upsampler "$W/upsampler" --dtype f16 --out "$W/pipeline"
-# models/shapes also holds eval-prompts.txt and sampling.json (decoder guidance 2, chosen by
-# `unclip eval shapes`), so the pipeline's parts are copied in beside them.
+  --upsampler "$W/upsampler" --sampling models/shapes/sampling.json --dtype f16 --out "$W/pipeline"
+# models/shapes also holds eval-prompts.txt, so the pipeline's parts are copied in beside it.
 cp -r "$W"/pipeline/* models/shapes/

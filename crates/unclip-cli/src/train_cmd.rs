@@ -115,6 +115,11 @@ pub struct AssembleArgs {
     pub upsampler: Option<PathBuf>,
     #[arg(long)]
     pub out: PathBuf,
+    /// Sampling settings to ship with the pipeline as its `sampling.json` (e.g.
+    /// models/shapes/sampling.json); without it the folder samples with Karlo's defaults
+    /// (decoder guidance 8), which suit a briefly trained decoder badly.
+    #[arg(long)]
+    pub sampling: Option<PathBuf>,
     /// Storage precision of the weights written (every loader computes in f32 regardless):
     /// f16 halves the folder, as the built-in models use.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
@@ -286,6 +291,7 @@ pub fn assemble_command(args: AssembleArgs) -> Result<()> {
         prior: args.prior.as_deref(),
         decoder: &args.decoder,
         upsampler: args.upsampler.as_deref(),
+        sampling: args.sampling.as_deref(),
     };
     assemble(&parts, &args.out)?;
     let dtype = parse_storage_dtype(&args.dtype)?;

@@ -9,7 +9,7 @@
 use crate::checkpoint::{replace_dir, write_atomic};
 use crate::clip::{load_clip_tensors, save_clip, ClipLayout, ClipModel, PROCESSOR_FILE};
 use crate::error::{Error, Result};
-use crate::pipeline::DECODER_TEXT_ENCODER;
+use crate::pipeline::{GenerateOptions, DECODER_TEXT_ENCODER, SAMPLING_DEFAULTS_FILE};
 use crate::tokenizer::TOKENIZER_FILES;
 use candle_core::Device;
 use std::path::Path;
@@ -44,6 +44,9 @@ pub struct PipelineParts<'a> {
     pub prior: Option<&'a Path>,
     pub decoder: &'a Path,
     pub upsampler: Option<&'a Path>,
+    /// A `sampling.json` to ship with the pipeline (the sampling settings its weights want);
+    /// without one, `generate` samples the folder with Karlo's defaults.
+    pub sampling: Option<&'a Path>,
 }
 
 /// The CLIP parts of a pipeline folder, in the order `model_index.json` lists them.
@@ -93,11 +96,26 @@ pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
         }
     }
     check_stage_folders(parts)?;
+    if let Some(sampling) = parts.sampling {
+        let named = |message: String| {
+            Error::InvalidInput(format!("sampling file {}: {message}", sampling.display()))
+        };
+        if !sampling.is_file() {
+            return Err(named(
+                "no such file; allowed: a sampling.json such as models/shapes/sampling.json".into(),
+            ));
+        }
+        GenerateOptions::with_sampling_file(sampling).map_err(|e| named(e.to_string()))?;
+    }
     replace_dir(out, |tmp| {
         if clip_from_pipeline {
             copy_pipeline_clip(parts.clip, tmp)?;
         } else {
             write_clip_parts(parts.clip, tmp)?;
+        }
+        if let Some(sampling) = parts.sampling {
+            let target = tmp.join(SAMPLING_DEFAULTS_FILE);
+            std::fs::copy(sampling, &target).map_err(|e| Error::io(sampling, e))?;
         }
         write_stage_parts(parts, tmp)
     })

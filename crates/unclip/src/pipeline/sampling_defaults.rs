@@ -30,11 +30,17 @@ impl GenerateOptions {
     /// Karlo's defaults with the model folder's `sampling.json` applied, if it has one.
     pub fn for_model(model_dir: &Path) -> Result<Self> {
         let path = model_dir.join(SAMPLING_DEFAULTS_FILE);
-        let mut options = Self::default();
         if !path.is_file() {
-            return Ok(options);
+            return Ok(Self::default());
         }
-        let d: SamplingDefaults = read_config(&path, "sampling defaults")?;
+        Self::with_sampling_file(&path)
+    }
+
+    /// Karlo's defaults with a sampling-defaults file (a `sampling.json`) applied: the check
+    /// `assemble --sampling` makes before it puts the file into a pipeline folder.
+    pub fn with_sampling_file(path: &Path) -> Result<Self> {
+        let mut options = Self::default();
+        let d: SamplingDefaults = read_config(path, "sampling defaults")?;
         let positive = |name: &str, steps: Option<usize>| match steps {
             Some(0) => Err(Error::Config {
                 field: name.to_string(),

@@ -333,6 +333,7 @@ fn a_decoder_with_its_own_text_encoder_trains_it_saves_it_and_reads_it_when_gene
         prior: None,
         decoder: &out,
         upsampler: None,
+        sampling: None,
     };
     assemble(&parts, &pipeline_dir).unwrap();
     let mut pipeline = UnclipPipeline::load(&pipeline_dir, &Device::Cpu).unwrap();
@@ -492,13 +493,37 @@ fn trained_parts_assemble_into_a_pipeline_that_generates_and_varies() {
     )
     .unwrap();
     let out = root.join("pipeline");
+    let sampling = root.join("sampling.json");
+    std::fs::write(&sampling, r#"{"decoder_guidance": 2.5}"#).unwrap();
     let parts = PipelineParts {
         clip: &clip_dir(),
         prior: Some(&root.join("prior")),
         decoder: &root.join("decoder"),
         upsampler: Some(&root.join("upsampler")),
+        sampling: Some(&sampling),
     };
     assemble(&parts, &out).unwrap();
+    let shipped = GenerateOptions::for_model(&out).unwrap();
+    assert_eq!(shipped.decoder_guidance, 2.5);
+    assert_eq!(
+        shipped.prior_guidance,
+        GenerateOptions::default().prior_guidance
+    );
+    // A sampling file that `generate` would refuse is refused before anything is written.
+    let bad_sampling = root.join("bad-sampling.json");
+    std::fs::write(&bad_sampling, r#"{"guidance": 3}"#).unwrap();
+    let refused = root.join("refused");
+    let err = assemble(
+        &PipelineParts {
+            sampling: Some(&bad_sampling),
+            ..parts
+        },
+        &refused,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("guidance"), "{err}");
+    assert!(!refused.exists());
     let pipeline = UnclipPipeline::load(&out, &Device::Cpu).unwrap();
     let opts = GenerateOptions {
         prior_steps: 2,
@@ -635,6 +660,7 @@ fn stages_fine_tune_from_trained_folders_and_refuse_other_architectures() {
             prior: None,
             decoder: &root.join("decoder"),
             upsampler: Some(&root.join("upsampler")),
+            sampling: None,
         },
         &pipeline,
     )
