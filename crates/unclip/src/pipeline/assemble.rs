@@ -97,15 +97,13 @@ pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
     }
     check_stage_folders(parts)?;
     if let Some(sampling) = parts.sampling {
-        let named = |message: String| {
-            Error::InvalidInput(format!("sampling file {}: {message}", sampling.display()))
-        };
         if !sampling.is_file() {
-            return Err(named(
-                "no such file; allowed: a sampling.json such as models/shapes/sampling.json".into(),
-            ));
+            return Err(Error::InvalidInput(format!(
+                "sampling file {}: no such file; allowed: a sampling.json such as models/shapes/sampling.json",
+                sampling.display()
+            )));
         }
-        GenerateOptions::with_sampling_file(sampling).map_err(|e| named(e.to_string()))?;
+        GenerateOptions::with_sampling_file(sampling)?;
     }
     replace_dir(out, |tmp| {
         if clip_from_pipeline {

@@ -57,7 +57,12 @@ impl GenerateOptions {
         options.prior_guidance = d.prior_guidance.unwrap_or(options.prior_guidance);
         options.decoder_guidance = d.decoder_guidance.unwrap_or(options.decoder_guidance);
         options.image_candidates = d.image_candidates.unwrap_or(options.image_candidates);
-        options.validate()?;
+        options.validate().map_err(|e| match e {
+            Error::InvalidInput(message) => {
+                Error::InvalidInput(format!("{}: {message}", path.display()))
+            }
+            other => other,
+        })?;
         Ok(options)
     }
 }
