@@ -637,6 +637,33 @@ fn pipeline_bad_inputs_are_named() {
 }
 
 #[test]
+fn a_cause_is_printed_once() {
+    // The library writes each cause into its message; printing the error chain must not repeat it.
+    let dir = scratch("bad-sampling-once");
+    copy_dir(&fixtures().join("unclip_tiny"), &dir);
+    std::fs::write(dir.join("sampling.json"), r#"{"guidance": 3}"#).unwrap();
+    let out = unclip(&["generate", "--model", s(&dir), "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("sampling.json"), "{err}");
+    assert_eq!(err.matches("unknown field `guidance`").count(), 1, "{err}");
+    // The same for a file that cannot be read at all.
+    let missing = dir.join("no-such-prompts.txt");
+    let out = unclip(&[
+        "eval",
+        "shapes",
+        "--model",
+        s(&dir),
+        "--prompts",
+        s(&missing),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(err.contains("no-such-prompts.txt"), "{err}");
+    assert_eq!(err.matches("No such file").count(), 1, "{err}");
+}
+
+#[test]
 fn training_killed_with_sigkill_resumes_to_the_uninterrupted_result() {
     let dir = scratch("kill-resume");
     let data = dir.join("data");

@@ -21,9 +21,9 @@ impl ApiKeys {
 
     /// One key per line; blank lines and lines starting with `#` are skipped.
     pub fn load(path: &Path) -> Result<Self, ServerError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ServerError::Io {
+        let text = std::fs::read_to_string(path).map_err(|cause| ServerError::Io {
             path: path.to_path_buf(),
-            source,
+            cause,
         })?;
         let keys: Vec<String> = text
             .lines()

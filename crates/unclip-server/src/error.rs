@@ -7,25 +7,27 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use std::path::PathBuf;
 
-/// Why the server could not start.
+/// Why the server could not start. Each message carries its cause, and none is also exposed as
+/// `source()`: the CLI prints the chain (`{err:#}`), which would print a cause twice.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
     #[error("cannot load the model: {0}")]
-    Model(#[from] unclip::Error),
-    #[error("{path}: {source}")]
+    Model(unclip::Error),
+    #[error("{path}: {cause}")]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
     #[error("{0}")]
     Config(String),
-    #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: String,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("cannot listen on {addr}: {cause}")]
+    Bind { addr: String, cause: std::io::Error },
+}
+
+impl From<unclip::Error> for ServerError {
+    fn from(error: unclip::Error) -> Self {
+        ServerError::Model(error)
+    }
 }
 
 /// A request that failed, as the client will see it.

@@ -113,9 +113,9 @@ pub async fn start(
     listener: TcpListener,
 ) -> Result<RunningServer, ServerError> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+    let addr = listener.local_addr().map_err(|cause| ServerError::Bind {
         addr: "the listener".into(),
-        source,
+        cause,
     })?;
     let served = prepare(config, addr)?;
     let task = tokio::spawn(served.run(listener, async move {
@@ -133,20 +133,20 @@ pub fn serve_blocking(config: ServerConfig, addr: &str) -> Result<(), ServerErro
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|source| ServerError::Io {
+        .map_err(|cause| ServerError::Io {
             path: "tokio runtime".into(),
-            source,
+            cause,
         })?;
     runtime.block_on(async {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| ServerError::Bind {
+            .map_err(|cause| ServerError::Bind {
                 addr: addr.to_string(),
-                source,
+                cause,
             })?;
-        let local = listener.local_addr().map_err(|source| ServerError::Bind {
+        let local = listener.local_addr().map_err(|cause| ServerError::Bind {
             addr: addr.to_string(),
-            source,
+            cause,
         })?;
         let served = prepare(config, local)?;
         eprintln!("unclip serve: listening on http://{local} (Ctrl-C or SIGTERM to stop)");
@@ -253,9 +253,9 @@ fn prepare(config: ServerConfig, addr: SocketAddr) -> Result<Prepared, ServerErr
         header_read_timeout: config.header_read_timeout,
     };
     let (worker, thread) = worker::spawn(engine, config.batch, config.max_queue, metrics.clone())
-        .map_err(|source| ServerError::Io {
+        .map_err(|cause| ServerError::Io {
         path: "model worker thread".into(),
-        source,
+        cause,
     })?;
     let state = AppState {
         worker,

@@ -157,10 +157,10 @@ impl ClipTokenizer {
             if path.is_file() {
                 let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
                 let value: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|source| Error::Json {
+                    serde_json::from_str(&text).map_err(|cause| Error::Json {
                         path: path.clone(),
                         what: "a tokenizer config",
-                        source,
+                        cause,
                     })?;
                 merge_json(&mut config, value);
             }

@@ -9,15 +9,15 @@ use std::path::Path;
 
 pub fn read_config<T: DeserializeOwned + Serialize>(path: &Path, what: &'static str) -> Result<T> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+    let raw: serde_json::Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
         path: path.to_path_buf(),
         what,
-        source,
+        cause,
     })?;
-    let parsed: T = serde_json::from_value(raw.clone()).map_err(|source| Error::Json {
+    let parsed: T = serde_json::from_value(raw.clone()).map_err(|cause| Error::Json {
         path: path.to_path_buf(),
         what,
-        source,
+        cause,
     })?;
     log_unknown_fields(path, &raw, &parsed);
     Ok(parsed)
@@ -40,10 +40,10 @@ fn log_unknown_fields<T: Serialize>(path: &Path, raw: &serde_json::Value, parsed
 }
 
 pub fn write_config<T: Serialize>(path: &Path, config: &T) -> Result<()> {
-    let mut text = serde_json::to_string_pretty(config).map_err(|source| Error::Json {
+    let mut text = serde_json::to_string_pretty(config).map_err(|cause| Error::Json {
         path: path.to_path_buf(),
         what: "config",
-        source,
+        cause,
     })?;
     text.push('\n');
     super::write_atomic(path, text.as_bytes())

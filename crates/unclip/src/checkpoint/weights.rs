@@ -141,10 +141,10 @@ impl Weights {
 
 fn shard_files(index: &Path) -> Result<Vec<PathBuf>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
-    let value: serde_json::Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+    let value: serde_json::Value = serde_json::from_str(&text).map_err(|cause| Error::Json {
         path: index.to_path_buf(),
         what: "a safetensors index",
-        source,
+        cause,
     })?;
     let map = value
         .get("weight_map")

@@ -215,10 +215,10 @@ fn parse_json<T: for<'de> Deserialize<'de>>(
     let bytes = files
         .get(name)
         .ok_or_else(|| Error::Data(format!("{}: has no {name}", tgz.display())))?;
-    serde_json::from_slice(bytes).map_err(|source| Error::Json {
+    serde_json::from_slice(bytes).map_err(|cause| Error::Json {
         path: tgz.join(name),
         what: "an emoji package index",
-        source,
+        cause,
     })
 }
 

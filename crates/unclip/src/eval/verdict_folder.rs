@@ -113,7 +113,7 @@ impl VerdictFolder {
         let bytes = serde_json::to_vec_pretty(&json).map_err(|e| Error::Json {
             path: path.clone(),
             what: "the verdicts",
-            source: e,
+            cause: e,
         })?;
         write_atomic(&path, &bytes)?;
         if let Some(sheet) = contact_sheet(&self.framed, 2 * self.images_per_prompt, 2) {

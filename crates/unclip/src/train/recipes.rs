@@ -64,7 +64,7 @@ pub fn load_recipe_with<T: Serialize + DeserializeOwned>(
         Some(path) => Error::Json {
             path: path.to_path_buf(),
             what: "a training recipe",
-            source,
+            cause: source,
         },
         None => Error::config(origin.clone(), source.to_string()),
     };

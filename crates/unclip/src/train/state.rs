@@ -85,10 +85,10 @@ pub fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
 pub fn read_progress(dir: &Path) -> Result<Progress> {
     let path = dir.join(STATE_JSON);
     let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-    serde_json::from_str(&text).map_err(|source| Error::Json {
+    serde_json::from_str(&text).map_err(|cause| Error::Json {
         path,
         what: "a training state",
-        source,
+        cause,
     })
 }
 

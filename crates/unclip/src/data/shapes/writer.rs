@@ -201,7 +201,7 @@ where
     let json = serde_json::to_vec_pretty(&summary).map_err(|e| Error::Json {
         path: out.join(SUMMARY_FILE),
         what: "the shapes dataset summary",
-        source: e,
+        cause: e,
     })?;
     write_atomic(&out.join(SUMMARY_FILE), &json)?;
     tracing::info!(images = n, out = %out.display(), "wrote shapes dataset");
