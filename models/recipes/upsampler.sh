@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Trains the 32 -> 64 px upsampler that models/shapes and models/emoji share (super_res_first/
-# and super_res_last/ are the same weights in both, so git stores them once). It learns from a
-# mix of the two worlds: the emoji training split and 7,000 shapes scenes.
+# Trains the shared 32 -> 64 px upsampler: models/emoji uses it as it is, and shapes.sh fine-tunes
+# it on shapes scenes for models/shapes. (Within each model super_res_first/ and super_res_last/
+# are the same weights, so git stores them once.) It learns from a mix of the two worlds: the
+# emoji training split and 7,000 shapes scenes.
 # Usage: bash models/recipes/upsampler.sh   (env: UNCLIP binary, WORK folder, RAYON_NUM_THREADS)
 set -euo pipefail
 cd "$(dirname "$0")/../.."

@@ -52,7 +52,7 @@ pub enum Command {
     /// Measure how well a pipeline follows prompts (shapes-world checker, CLIP scores).
     #[command(subcommand)]
     Eval(crate::eval_cmd::EvalCommand),
-    /// Serve the OpenAI Images API (generations, variations) and a web page over HTTP.
+    /// Serve the OpenAI Images API (generations, edits, variations) and a web page over HTTP.
     Serve(crate::serve_cmd::ServeArgs),
 }
 

@@ -20,7 +20,7 @@ use unclip::pipeline::{ClipEmbedder, GenerateOptions, UnclipPipeline};
 #[derive(Subcommand)]
 pub enum EvalCommand {
     /// Compositional accuracy on shapes-world prompts, judged exactly by the checker
-    /// (shared/SHAPES.md): per form (single, counting, pair, relation), colors, binding, overall.
+    /// (docs/shapes-world.md): per form (single, counting, pair, relation), colors, binding, overall.
     Shapes(EvalShapesArgs),
     /// CLIP score, R-precision and Fréchet distance of images generated from a dataset's
     /// captions, beside the same numbers for its real images (the ceiling).
@@ -56,7 +56,7 @@ pub struct EvalSamplingArgs {
     #[arg(long, default_value_t = 0.0)]
     pub eta: f64,
     /// Draw this many prior samples and keep the one closest to the text (the paper uses 2)
-    /// [default: the model's sampling.json, else 1]
+    /// [default: 1]
     #[arg(long)]
     pub prior_candidates: Option<usize>,
     /// Decode this many images per image and keep the one CLIP finds closest to the prompt

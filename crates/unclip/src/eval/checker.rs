@@ -1,4 +1,4 @@
-//! The shapes-world checker (shared/SHAPES.md, "The checker"): scores one image against one
+//! The shapes-world checker (docs/shapes-world.md, "The checker"): scores one image against one
 //! prompt, exactly, with no detector network.
 //!
 //! The image is segmented into blobs (segment.rs) and each blob named (recognize.rs); the

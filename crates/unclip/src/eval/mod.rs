@@ -1,6 +1,6 @@
 //! Evaluation: how well a model follows its prompts.
 //!
-//! Exact compositional scores on the shapes world (shared/SHAPES.md): [`segment`] finds
+//! Exact compositional scores on the shapes world (docs/shapes-world.md): [`segment`] finds
 //! colored blobs, [`recognize`] names their shapes and sizes, [`checker`] judges an image
 //! against a prompt, [`score`] aggregates verdicts, [`verdict_folder`] keeps judged images. For captioned data of any kind, CLIP-based
 //! scores: [`clip_metrics`] (CLIP score, R-precision) and [`frechet`] (Fréchet distance between

@@ -1,4 +1,4 @@
-//! Naming a blob's shape and size class by its geometry (shared/SHAPES.md, "The checker").
+//! Naming a blob's shape and size class by its geometry (docs/shapes-world.md, "The checker").
 //!
 //! Two measurements tell the world's three shapes apart and survive the soft, slightly eroded
 //! edges of generated images: the *top share* (the part of the blob's pixels in the upper half

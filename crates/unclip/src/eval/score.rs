@@ -1,4 +1,4 @@
-//! Aggregating verdicts into the shapes-world report (shared/SHAPES.md, "Reports accuracy per
+//! Aggregating verdicts into the shapes-world report (docs/shapes-world.md, "Reports accuracy per
 //! form and overall (the mean of the per-form accuracies), as JSON").
 //!
 //! Accuracy is over images (a prompt with K images counts K times). The overall score is the

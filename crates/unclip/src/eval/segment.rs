@@ -1,4 +1,4 @@
-//! Segmenting an image into colored blobs (shared/SHAPES.md, "The checker"): every pixel takes
+//! Segmenting an image into colored blobs (docs/shapes-world.md, "The checker"): every pixel takes
 //! the nearest palette color or the background, connected pixels of one color form a blob, and
 //! small blobs are dropped.
 //!

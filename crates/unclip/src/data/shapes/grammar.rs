@@ -1,4 +1,4 @@
-//! The caption grammar of the shapes world (shared/SHAPES.md, "Prompt forms"): a typed
+//! The caption grammar of the shapes world (docs/shapes-world.md, "Prompt forms"): a typed
 //! [`Prompt`], its parser (the only gate through which text enters the world), its canonical
 //! text, and a seeded sampler.
 //!

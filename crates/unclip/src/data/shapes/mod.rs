@@ -1,4 +1,4 @@
-//! The shapes world (shared/SHAPES.md): a caption grammar whose every prompt the project can
+//! The shapes world (docs/shapes-world.md): a caption grammar whose every prompt the project can
 //! render exactly, so compositional accuracy (counting, binding, relations) is measurable.
 //!
 //! [`palette`] holds the vocabulary and its constants, [`grammar`] the prompt forms,

@@ -1,4 +1,4 @@
-//! The shapes world's vocabulary (shared/SHAPES.md, "Vocabulary") and the one place where its
+//! The shapes world's vocabulary (docs/shapes-world.md, "Vocabulary") and the one place where its
 //! constants live: the RGB value of every color, the pixel size range of every size class, the
 //! counting words and the relation phrases with the geometry each one means.
 //!

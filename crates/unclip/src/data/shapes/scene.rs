@@ -1,4 +1,4 @@
-//! Scenes: one random layout of a prompt (shared/SHAPES.md, "Scenes"), and its scene graph.
+//! Scenes: one random layout of a prompt (docs/shapes-world.md, "Scenes"), and its scene graph.
 //!
 //! A scene is drawn from the prompt with a caller-seeded RNG: each object's size class (when
 //! the prompt does not name it), its side within the class, the order in which objects are
