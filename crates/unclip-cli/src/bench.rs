@@ -2,7 +2,7 @@
 //! tools/bench/ use (tokenisation and preprocessing not timed). Threads follow
 //! RAYON_NUM_THREADS, as candle's CPU kernels do; `--threads` sets it.
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -121,6 +121,15 @@ fn time_it(
 }
 
 fn clip(args: BenchClipArgs) -> Result<()> {
+    if !(1..=1024).contains(&args.batch) {
+        bail!("--batch {}; allowed: 1..=1024", args.batch);
+    }
+    if !(1..=100_000).contains(&args.min_iters) {
+        bail!("--min-iters {}; allowed: 1..=100000", args.min_iters);
+    }
+    if !(args.min_time.is_finite() && (0.0..=3600.0).contains(&args.min_time)) {
+        bail!("--min-time {}; allowed: 0 to 3600 seconds", args.min_time);
+    }
     let threads = use_threads(args.threads);
     let device = Device::Cpu;
     let model = ClipModel::load(&args.model, &device)?;

@@ -19,8 +19,14 @@ fn models_dir() -> PathBuf {
 /// clap's parser for `--model`: a folder, or the name of a built-in model.
 pub fn model_path(value: &str) -> Result<PathBuf, String> {
     let given = PathBuf::from(value);
-    if given.exists() || !BUILTIN_MODELS.contains(&value) {
+    if given.exists() {
         return Ok(given);
+    }
+    if !BUILTIN_MODELS.contains(&value) {
+        return Err(format!(
+            "no such folder `{value}`; allowed: a model folder, or a built-in model: {}",
+            BUILTIN_MODELS.join(", ")
+        ));
     }
     let builtin = models_dir().join(value);
     if builtin.join("model_index.json").is_file() {

@@ -133,6 +133,15 @@ fn tokenizer(args: TokenizerArgs) -> Result<()> {
 
 fn convert(args: ConvertArgs) -> Result<()> {
     let layout = ClipLayout::parse(&args.layout)?;
+    if let (Ok(model), Ok(out)) = (args.model.canonicalize(), args.out.canonicalize()) {
+        if model == out {
+            bail!(
+                "--out {} is the --model folder itself; converting in place would overwrite the \
+                 files being read; allowed: a different folder",
+                args.out.display()
+            );
+        }
+    }
     let model = ClipModel::load(&args.model, &Device::Cpu)?;
     let config: ClipConfig = model.config().clone();
     let wanted_text = matches!(layout, ClipLayout::Full | ClipLayout::Text);

@@ -199,9 +199,9 @@ pub fn invert(args: InvertArgs) -> Result<()> {
 }
 
 pub fn interpolate(args: InterpolateArgs) -> Result<()> {
-    if args.frames < 2 {
+    if !(2..=64).contains(&args.frames) {
         bail!(
-            "--frames {}; allowed: 2 or more (the two endpoints included)",
+            "--frames {}; allowed: 2..=64 (the two endpoints included)",
             args.frames
         );
     }
@@ -244,9 +244,9 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
 }
 
 pub fn textdiff(args: TextDiffArgs) -> Result<()> {
-    if args.frames < 2 {
+    if !(2..=64).contains(&args.frames) {
         bail!(
-            "--frames {}; allowed: 2 or more (theta = 0 and --max-theta included)",
+            "--frames {}; allowed: 2..=64 (theta = 0 and --max-theta included)",
             args.frames
         );
     }

@@ -10,9 +10,10 @@ use unclip::data::DataSource;
 use unclip::device::parse_device;
 use unclip::pipeline::{assemble, PipelineParts};
 use unclip::train::{
-    build_embedding_cache, load_recipe_with, run_training, save_recipe, ClipRecipe, ClipStage,
-    DecoderRecipe, DecoderStage, EmbeddingCache, FrozenClip, PriorRecipe, PriorStage,
-    RecipeOverride, RunOptions, TrainSettings, TrainStage, UpsamplerRecipe, UpsamplerStage,
+    build_embedding_cache, check_run_options, load_recipe_with, run_training, save_recipe,
+    ClipRecipe, ClipStage, DecoderRecipe, DecoderStage, EmbeddingCache, FrozenClip, PriorRecipe,
+    PriorStage, RecipeOverride, RunOptions, TrainSettings, TrainStage, UpsamplerRecipe,
+    UpsamplerStage,
 };
 
 #[derive(Args)]
@@ -168,7 +169,6 @@ fn run<T: serde::Serialize>(
     train: &TrainSettings,
     args: &StageArgs,
 ) -> Result<()> {
-    save_recipe(&args.out, recipe)?;
     let opts = RunOptions {
         data: args.data.clone(),
         val_data: args.val_data.clone(),
@@ -183,6 +183,8 @@ fn run<T: serde::Serialize>(
         stop_at: args.stop_at,
         init_from: args.init_from.clone(),
     };
+    check_run_options(&opts)?;
+    save_recipe(&args.out, recipe)?;
     let bar = progress::bar(args.max_steps as u64, &format!("train {}", stage.name()));
     let summary = run_training(stage, train, &opts, &mut |s| {
         bar.set_position(s.step as u64);

@@ -280,6 +280,20 @@ impl ClipTokenizer {
                 2 * alphabet.len() + 2
             )));
         }
+        // CLIP's own vocabulary is 49,408; a BPE trainer asked for billions allocates until the
+        // machine runs out of memory.
+        const MAX_VOCAB: usize = 1 << 20;
+        if vocab_size > MAX_VOCAB {
+            return Err(Error::InvalidInput(format!(
+                "a vocabulary of {vocab_size} tokens; allowed: {}..={MAX_VOCAB} (CLIP's is 49408)",
+                2 * alphabet.len() + 2
+            )));
+        }
+        if !(2..=1024).contains(&context_length) {
+            return Err(Error::InvalidInput(format!(
+                "context length {context_length}; allowed: 2..=1024 (CLIP's is 77)"
+            )));
+        }
         let trainer: BpeTrainer = BpeTrainer::builder()
             .vocab_size(vocab_size)
             .min_frequency(2)

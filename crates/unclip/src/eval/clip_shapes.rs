@@ -77,10 +77,15 @@ pub fn evaluate_clip_shapes(
     if prompts.is_empty() {
         return Err(Error::InvalidInput("no prompts to evaluate".into()));
     }
-    if opts.scenes_per_prompt == 0 || opts.negatives_per_prompt == 0 {
-        return Err(Error::InvalidInput(
-            "scenes and negatives per prompt must each be at least 1".into(),
-        ));
+    for (flag, value) in [
+        ("--scenes-per-prompt", opts.scenes_per_prompt),
+        ("--negatives-per-prompt", opts.negatives_per_prompt),
+    ] {
+        if !(1..=64).contains(&value) {
+            return Err(Error::InvalidInput(format!(
+                "{flag} {value}; allowed: 1..=64"
+            )));
+        }
     }
     let mut counts: BTreeMap<Form, (usize, usize)> = BTreeMap::new();
     let mut kind_counts: BTreeMap<NegativeKind, (usize, usize)> = BTreeMap::new();

@@ -84,7 +84,33 @@ fn require_clip_part(dir: &Path, part: &str) -> Result<()> {
     }
 }
 
+/// `out` may be new, empty, or a pipeline folder (which is replaced whole); anything else there is
+/// the user's and is not deleted.
+fn check_output_folder(out: &Path) -> Result<()> {
+    if !out.exists() {
+        return Ok(());
+    }
+    let refuse = |what: &str| {
+        Err(Error::InvalidInput(format!(
+            "--out {} {what}; allowed: a new folder, an empty one, or a pipeline folder to replace",
+            out.display()
+        )))
+    };
+    if !out.is_dir() {
+        return refuse("is a file");
+    }
+    let empty = std::fs::read_dir(out)
+        .map_err(|e| Error::io(out, e))?
+        .next()
+        .is_none();
+    if !empty && !out.join("model_index.json").is_file() {
+        return refuse("holds files but no model_index.json, so it is not a pipeline folder");
+    }
+    Ok(())
+}
+
 pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
+    check_output_folder(out)?;
     let clip_from_pipeline = is_pipeline_folder(parts.clip);
     if clip_from_pipeline {
         // Fail before anything is written.

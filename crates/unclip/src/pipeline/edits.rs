@@ -285,6 +285,7 @@ impl UnclipPipeline {
         opts: &GenerateOptions,
         progress: &mut Progress,
     ) -> Result<Tensor> {
+        opts.validate()?;
         if targets.dim(0)? != embeddings.dim(0)? {
             return Err(Error::InvalidInput(format!(
                 "{} images for {} embeddings",
@@ -345,6 +346,7 @@ impl UnclipPipeline {
         noise: &mut NoiseSource,
         progress: &mut Progress,
     ) -> Result<Decoded> {
+        opts.validate()?;
         if x_t.dim(0)? != embeddings.dim(0)? {
             return Err(Error::InvalidInput(format!(
                 "{} noises for {} embeddings",
@@ -405,9 +407,9 @@ impl UnclipPipeline {
         noises: &Tensor,
         frames: usize,
     ) -> Result<(Tensor, Tensor)> {
-        if frames < 2 {
+        if !(2..=64).contains(&frames) {
             return Err(Error::InvalidInput(format!(
-                "{frames} frames; allowed: 2 or more (the two endpoints included)"
+                "{frames} frames; allowed: 2..=64 (the two endpoints included)"
             )));
         }
         if embeddings.dim(0)? != 2 || noises.dim(0)? != 2 {
@@ -477,6 +479,7 @@ impl UnclipPipeline {
         noise: &mut NoiseSource,
         progress: &mut Progress,
     ) -> Result<Tensor> {
+        opts.validate()?;
         if !(1..=20).contains(&resamples) {
             return Err(Error::InvalidInput(format!(
                 "{resamples} resamples per step; allowed: 1..=20 (1: replacement only)"

@@ -42,9 +42,9 @@ impl GenerateOptions {
         let mut options = Self::default();
         let d: SamplingDefaults = read_config(path, "sampling defaults")?;
         let positive = |name: &str, steps: Option<usize>| match steps {
-            Some(0) => Err(Error::Config {
+            Some(n) if n < 2 => Err(Error::Config {
                 field: name.to_string(),
-                message: format!("0 in {}; allowed: 1 or more steps", path.display()),
+                message: format!("{n} in {}; allowed: 2 or more steps", path.display()),
             }),
             other => Ok(other),
         };

@@ -75,6 +75,18 @@ impl GenerateOptions {
                 self.image_candidates
             )));
         }
+        for (name, steps) in [
+            ("prior steps", self.prior_steps),
+            ("decoder steps", self.decoder_steps),
+            ("super-res steps", self.super_res_steps),
+        ] {
+            if steps < 2 {
+                return Err(Error::InvalidInput(format!(
+                    "{name} {steps}; allowed: 2..=1000 (at most the schedule's training steps, \
+                     1000 in Karlo's)"
+                )));
+            }
+        }
         for (name, g) in [
             ("prior guidance", self.prior_guidance),
             ("decoder guidance", self.decoder_guidance),

@@ -30,6 +30,9 @@ pub use params::ParamStore;
 pub use prior::{PriorRecipe, PriorStage};
 pub use recipe_overrides::RecipeOverride;
 pub use recipes::{load_recipe, load_recipe_with, save_recipe, PRESETS};
-pub use runner::{run_training, Batch, RunOptions, RunSummary, StepLog, TrainSettings, TrainStage};
+pub use runner::{
+    check_run_options, run_training, Batch, RunOptions, RunSummary, StepLog, TrainSettings,
+    TrainStage,
+};
 pub use schedule::LrSchedule;
 pub use upsampler::{UpsamplerRecipe, UpsamplerStage};

@@ -228,6 +228,31 @@ impl<'a> Batches<'a> {
     }
 }
 
+/// The checks on a run's options that need no data or model: made before anything is written
+/// to `out` (the CLI calls it before saving the recipe), and again by [`run_training`].
+pub fn check_run_options(opts: &RunOptions) -> Result<()> {
+    if opts.max_steps == 0 {
+        return Err(Error::InvalidInput("--max-steps must be at least 1".into()));
+    }
+    if let Some(stop) = opts.stop_at.filter(|&s| s == 0 || s > opts.max_steps) {
+        return Err(Error::InvalidInput(format!(
+            "--stop-at {stop}; allowed: 1..={} (--max-steps)",
+            opts.max_steps
+        )));
+    }
+    if !opts.resume {
+        if let Some(dir) = latest_checkpoint(&opts.out) {
+            return Err(Error::InvalidInput(format!(
+                "{} already holds a training run (its newest checkpoint is {}); continue it with \
+                 --resume, or give a new --out",
+                opts.out.display(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Trains `stage` as `settings` and `opts` say; `on_step` sees every step's log line.
 pub fn run_training(
     stage: &dyn TrainStage,
@@ -236,9 +261,7 @@ pub fn run_training(
     on_step: &mut dyn FnMut(&StepLog),
 ) -> Result<RunSummary> {
     settings.validate()?;
-    if opts.max_steps == 0 {
-        return Err(Error::InvalidInput("--max-steps must be at least 1".into()));
-    }
+    check_run_options(opts)?;
     let started = Instant::now();
     let device = stage.device().clone();
     let source = DataSource::open(&opts.data)?;
