@@ -79,9 +79,11 @@ pub struct GenerateArgs {
     /// (emoji, shapes).
     #[arg(long, default_value = DEFAULT_MODEL, value_parser = model_path)]
     pub model: PathBuf,
-    /// The prompt(s), as arguments or with --prompt (repeat for a batch).
+    /// The prompt. Words given without quotes are one prompt (`generate a red apple` is "a red
+    /// apple"); a batch of prompts is --prompt repeated.
     #[arg(value_name = "PROMPT")]
-    pub positional_prompts: Vec<String>,
+    pub prompt_words: Vec<String>,
+    /// One prompt of a batch (repeatable); used with a positional prompt, that one comes first.
     #[arg(long = "prompt")]
     pub prompts: Vec<String>,
     /// [default: the model's sampling.json, else 25]
@@ -205,12 +207,9 @@ fn write_outputs(images: &candle_core::Tensor, s: &SamplingArgs) -> Result<()> {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
-    let prompts: Vec<String> = args
-        .positional_prompts
-        .iter()
-        .chain(&args.prompts)
-        .cloned()
-        .collect();
+    // A shell splits an unquoted prompt into words; they were meant as one prompt.
+    let positional = (!args.prompt_words.is_empty()).then(|| args.prompt_words.join(" "));
+    let prompts: Vec<String> = positional.into_iter().chain(args.prompts).collect();
     if prompts.is_empty() {
         bail!("no prompt: give one, as in `unclip generate \"a red apple\"`, or --prompt T");
     }

@@ -455,6 +455,23 @@ fn outputs_that_hold_the_users_files_are_not_replaced() {
         3,
         "nothing else left"
     );
+    // An unquoted prompt is one prompt, not one per word.
+    let image = dir.join("one.png");
+    let out = unclip(&[
+        "generate",
+        "--model",
+        s(&fixtures().join("unclip_tiny")),
+        "a",
+        "red",
+        "circle",
+        "--output",
+        s(&image),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let (w, h) = image::image_dimensions(&image).unwrap();
+    assert_eq!(w, h, "one image, not a grid or several files");
+    assert!(!dir.join("one-1.png").exists());
+    std::fs::remove_file(&image).unwrap();
     // A model that is neither a folder nor a built-in name.
     let out = unclip(&["generate", "--model", "emoj", "--prompt", "x"]);
     assert_eq!(out.status.code(), Some(2));
