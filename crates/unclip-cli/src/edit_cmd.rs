@@ -163,6 +163,7 @@ fn save_all(images: &Tensor, output: &Path) -> Result<Vec<PathBuf>> {
 }
 
 pub fn invert(args: InvertArgs) -> Result<()> {
+    unclip::imageops::output_format(&args.output)?;
     let pipeline = load(&args.inversion.model)?;
     let opts = args.inversion.options();
     let images = [&args.image];
@@ -244,6 +245,7 @@ pub fn interpolate(args: InterpolateArgs) -> Result<()> {
 }
 
 pub fn textdiff(args: TextDiffArgs) -> Result<()> {
+    unclip::imageops::output_format(&args.output)?;
     if !(2..=64).contains(&args.frames) {
         bail!(
             "--frames {}; allowed: 2..=64 (theta = 0 and --max-theta included)",
@@ -293,6 +295,7 @@ pub fn textdiff(args: TextDiffArgs) -> Result<()> {
 }
 
 pub fn edit(args: EditArgs) -> Result<()> {
+    unclip::imageops::output_format(&args.output)?;
     let image = read_rgba(&args.image)?;
     let mask = args.mask.as_deref().map(read_rgba).transpose()?;
     let keep = keep_mask(&image, mask.as_ref(), &Device::Cpu)?;

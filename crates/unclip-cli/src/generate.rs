@@ -42,7 +42,8 @@ pub struct SamplingArgs {
     /// Write one contact sheet instead of numbered files when n > 1.
     #[arg(long)]
     pub grid: bool,
-    /// Output PNG; with several images, NAME-0.png, NAME-1.png, ...
+    /// Output image, PNG unless the name ends in .jpg, .jpeg or .webp; with several images,
+    /// NAME-0.png, NAME-1.png, ...
     #[arg(long, default_value = "out.png")]
     pub output: PathBuf,
     /// Convolution products: f32, or bf16 on CPUs with AVX-512 BF16 (faster; inputs and weights
@@ -207,6 +208,7 @@ fn write_outputs(images: &candle_core::Tensor, s: &SamplingArgs) -> Result<()> {
 }
 
 pub fn generate(args: GenerateArgs) -> Result<()> {
+    unclip::imageops::output_format(&args.sampling.output)?;
     // A shell splits an unquoted prompt into words; they were meant as one prompt.
     let positional = (!args.prompt_words.is_empty()).then(|| args.prompt_words.join(" "));
     let prompts: Vec<String> = positional.into_iter().chain(args.prompts).collect();
@@ -230,6 +232,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
 }
 
 pub fn vary(args: VaryArgs) -> Result<()> {
+    unclip::imageops::output_format(&args.sampling.output)?;
     args.sampling.precision.apply()?;
     let pipeline = UnclipPipeline::load(&args.model, &parse_device(&args.sampling.device)?)?;
     let opts = options(&args.model, &args.sampling)?;

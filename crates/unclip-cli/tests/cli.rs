@@ -472,6 +472,22 @@ fn outputs_that_hold_the_users_files_are_not_replaced() {
     assert_eq!(w, h, "one image, not a grid or several files");
     assert!(!dir.join("one-1.png").exists());
     std::fs::remove_file(&image).unwrap();
+    // The output's extension picks the format; one it cannot write is refused before sampling.
+    let jpeg = dir.join("one.jpg");
+    let tiny = fixtures().join("unclip_tiny");
+    let out = unclip(&["generate", "--model", s(&tiny), "x", "--output", s(&jpeg)]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(&std::fs::read(&jpeg).unwrap()[..3], &[0xFF, 0xD8, 0xFF]);
+    std::fs::remove_file(&jpeg).unwrap();
+    let text = dir.join("one.txt");
+    let out = unclip(&["generate", "--model", s(&tiny), "x", "--output", s(&text)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("allowed: .png, .jpg"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!text.exists());
     // A model that is neither a folder nor a built-in name.
     let out = unclip(&["generate", "--model", "emoj", "--prompt", "x"]);
     assert_eq!(out.status.code(), Some(2));
@@ -704,6 +720,21 @@ fn pipeline_bad_inputs_are_named() {
         stderr(&out).contains("cross_attention_dim"),
         "{}",
         stderr(&out)
+    );
+    // A decoder whose size no downsampler chain can take: named with its file, at load.
+    let dir = scratch("odd-sample-size");
+    copy_dir(&model, &dir);
+    let cfg_path = dir.join("decoder/config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["sample_size"] = serde_json::json!(17);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let out = unclip(&["generate", "--model", s(&dir), "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("decoder/config.json") && err.contains("sample_size"),
+        "{err}"
     );
     // An unreadable input image.
     let text = scratch("vary-bad").join("x.png");

@@ -63,6 +63,17 @@ impl Error {
         }
     }
 
+    /// A config error restated about the file it was read from, so the message names the file.
+    pub fn in_file(self, path: impl Into<PathBuf>) -> Self {
+        match self {
+            Error::Config { field, message } => Error::Checkpoint {
+                path: path.into(),
+                message: format!("invalid {field}: {message}"),
+            },
+            other => other,
+        }
+    }
+
     pub fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
         Error::Config {
             field: field.into(),

@@ -165,17 +165,17 @@ impl ClipModel {
         let model = match layout {
             ClipLayout::Full => {
                 let cfg: ClipConfig = read_config(&config_path, "a CLIPConfig")?;
-                cfg.validate()?;
+                cfg.validate().map_err(|e| e.in_file(&config_path))?;
                 Self::new(&cfg, vb)
             }
             ClipLayout::Text => {
                 let cfg: ClipTextConfig = read_config(&config_path, "a CLIPTextConfig")?;
-                cfg.validate()?;
+                cfg.validate().map_err(|e| e.in_file(&config_path))?;
                 Self::new_text(&cfg, vb)
             }
             ClipLayout::Vision => {
                 let cfg: ClipVisionConfig = read_config(&config_path, "a CLIPVisionConfig")?;
-                cfg.validate()?;
+                cfg.validate().map_err(|e| e.in_file(&config_path))?;
                 Self::new_vision(&cfg, vb)
             }
         }

@@ -7,5 +7,5 @@ mod resample;
 
 pub use bicubic::resize_bicubic_antialias;
 pub use input::rgb_tensor;
-pub use output::{contact_sheet, save_gif, save_image_tensor, save_png, to_rgb8};
+pub use output::{contact_sheet, output_format, save_gif, save_image_tensor, save_png, to_rgb8};
 pub use resample::{resize_rgb8, Filter};

@@ -55,14 +55,29 @@ pub fn contact_sheet(images: &[RgbImage], columns: usize, gap: u32) -> Option<Rg
     Some(sheet)
 }
 
-/// Encodes and writes a PNG through a temporary file.
+/// The format an output image's name asks for; commands check it before any sampling.
+pub fn output_format(path: &Path) -> Result<image::ImageFormat> {
+    let extension = path
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase());
+    match extension.as_deref() {
+        None | Some("png") => Ok(image::ImageFormat::Png),
+        Some("jpg" | "jpeg") => Ok(image::ImageFormat::Jpeg),
+        Some("webp") => Ok(image::ImageFormat::WebP),
+        Some(other) => Err(Error::InvalidInput(format!(
+            "{}: cannot write a .{other} image; allowed: .png, .jpg, .jpeg, .webp",
+            path.display()
+        ))),
+    }
+}
+
+/// Encodes and writes an image through a temporary file, in the format its extension names:
+/// PNG (also for a name without an extension), JPEG (.jpg, .jpeg) or lossless WebP (.webp).
 pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    let format = output_format(path)?;
     let mut bytes = Vec::new();
     image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
+        .write_to(&mut std::io::Cursor::new(&mut bytes), format)
         .map_err(|e| Error::Image {
             path: path.to_path_buf(),
             message: e.to_string(),

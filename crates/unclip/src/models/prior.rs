@@ -294,7 +294,8 @@ impl PriorTransformer {
     /// Loads a diffusers `prior/` folder.
     pub fn load(dir: &Path, device: &Device) -> Result<Self> {
         let (cfg, weights) = read_folder::<PriorConfig>(dir, "PriorTransformer", device)?;
-        cfg.validate()?;
+        cfg.validate()
+            .map_err(|e| e.in_file(dir.join("config.json")))?;
         let model = Self::new(&cfg, weights.var_builder(DType::F32, device))
             .map_err(|e| weights.explain(e))?;
         weights.report_unused();

@@ -265,7 +265,13 @@ pub fn run_training(
     let started = Instant::now();
     let device = stage.device().clone();
     let source = DataSource::open(&opts.data)?;
-    let val_source = opts.val_data.as_deref().map(DataSource::open).transpose()?;
+    let val_source = opts
+        .val_data
+        .as_deref()
+        .map(|spec| {
+            DataSource::open(spec).map_err(|e| Error::InvalidInput(format!("--val-data: {e}")))
+        })
+        .transpose()?;
     if let Some(dir) = &opts.init_from {
         if opts.resume {
             return Err(Error::InvalidInput(

@@ -251,7 +251,8 @@ impl UNet2DConditionModel {
     /// Loads a diffusers `UNet2DConditionModel` folder (Karlo's `decoder/`).
     pub fn load(dir: &Path, device: &Device) -> CrateResult<Self> {
         let (cfg, weights) = read_folder::<UNet2DConditionConfig>(dir, CLASS_NAME, device)?;
-        cfg.validate()?;
+        cfg.validate()
+            .map_err(|e| e.in_file(dir.join("config.json")))?;
         let model = Self::new(&cfg, weights.var_builder(DType::F32, device))
             .map_err(|e| weights.explain(e))?;
         weights.report_unused();

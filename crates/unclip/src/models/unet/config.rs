@@ -331,6 +331,27 @@ pub(crate) fn parse_activation(field: &str, name: &str) -> Result<Activation> {
     })
 }
 
+/// The sampled size must survive every downsampler: each side positive and divisible by
+/// 2^(levels - 1). Checked at load so that the file is named, not a convolution mid-sampling.
+fn check_sample_size(size: Option<&SampleSize>, levels: usize) -> Result<()> {
+    let sides = match size {
+        None => return Ok(()),
+        Some(SampleSize::Square(side)) => vec![*side],
+        Some(SampleSize::Rect(sides)) => sides.clone(),
+    };
+    let multiple = 1usize << levels.saturating_sub(1).min(16);
+    if sides.is_empty() || sides.len() > 2 || sides.iter().any(|&s| s == 0 || s % multiple != 0) {
+        return Err(Error::config(
+            "sample_size",
+            format!(
+                "{sides:?}; allowed: one or two positive sides divisible by {multiple} (this \
+                 U-Net has {levels} levels)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn check_common(
     block_out_channels: &[usize],
     down: usize,
@@ -413,6 +434,7 @@ impl UNet2DConditionConfig {
             groups,
             &self.time_embedding_type,
         )?;
+        check_sample_size(self.sample_size.as_ref(), n)?;
         reject_set("num_attention_heads", &self.num_attention_heads)?;
         reject_set("encoder_hid_dim", &self.encoder_hid_dim)?;
         reject_set("encoder_hid_dim_type", &self.encoder_hid_dim_type)?;
@@ -509,6 +531,7 @@ impl UNet2DConfig {
             self.norm_num_groups,
             &self.time_embedding_type,
         )?;
+        check_sample_size(self.sample_size.as_ref(), n)?;
         let down = self
             .down_block_types
             .iter()

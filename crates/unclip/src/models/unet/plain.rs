@@ -164,7 +164,8 @@ impl UNet2DModel {
     /// Loads a diffusers `UNet2DModel` folder (Karlo's `super_res_first/`, `super_res_last/`).
     pub fn load(dir: &Path, device: &Device) -> CrateResult<Self> {
         let (cfg, weights) = read_folder::<UNet2DConfig>(dir, CLASS_NAME, device)?;
-        cfg.validate()?;
+        cfg.validate()
+            .map_err(|e| e.in_file(dir.join("config.json")))?;
         let model = Self::new(&cfg, weights.var_builder(DType::F32, device))
             .map_err(|e| weights.explain(e))?;
         weights.report_unused();
