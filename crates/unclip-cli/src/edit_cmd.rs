@@ -164,6 +164,12 @@ fn save_all(images: &Tensor, output: &Path) -> Result<Vec<PathBuf>> {
 
 pub fn invert(args: InvertArgs) -> Result<()> {
     unclip::imageops::output_format(&args.output)?;
+    if args.save_noise.as_ref() == Some(&args.output) {
+        bail!(
+            "--save-noise and --output are both {}; allowed: two different files",
+            args.output.display()
+        );
+    }
     let pipeline = load(&args.inversion.model)?;
     let opts = args.inversion.options();
     let images = [&args.image];

@@ -118,7 +118,7 @@ pub struct VaryArgs {
     #[arg(long)]
     pub invert: bool,
     /// Fixed-point refinements of each inversion step (with --invert).
-    #[arg(long, default_value_t = unclip::pipeline::DEFAULT_INVERSION_REFINEMENTS)]
+    #[arg(long, default_value_t = unclip::pipeline::DEFAULT_INVERSION_REFINEMENTS, requires = "invert")]
     pub refine: usize,
     #[command(flatten)]
     pub sampling: SamplingArgs,

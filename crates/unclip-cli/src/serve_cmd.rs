@@ -68,8 +68,14 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             unclip_server::MAX_CONNECTIONS_LIMIT
         );
     }
-    if args.header_read_timeout == 0 {
-        bail!("--header-read-timeout 0; allowed: 1 or more seconds");
+    for (flag, seconds) in [
+        ("--header-read-timeout", args.header_read_timeout),
+        ("--request-timeout", args.request_timeout),
+        ("--url-ttl", args.url_ttl),
+    ] {
+        if seconds == 0 {
+            bail!("{flag} 0; allowed: 1 or more seconds");
+        }
     }
     if !(1..=20).contains(&args.edit_resample) {
         bail!(

@@ -281,6 +281,9 @@ pub fn decoder(args: StageArgs) -> Result<()> {
 }
 
 pub fn upsampler(args: StageArgs) -> Result<()> {
+    if args.clip.is_some() || args.embeddings.is_some() {
+        bail!("--clip and --embeddings are for the prior and decoder; the upsampler reads images only");
+    }
     let mut recipe: UpsamplerRecipe = recipe("upsampler", &args)?;
     settings(&mut recipe.train, &args);
     let stage = UpsamplerStage::new(&recipe, args.seed, &parse_device(&args.device)?)?;
