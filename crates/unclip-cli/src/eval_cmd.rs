@@ -3,7 +3,7 @@
 
 use crate::builtin_models::model_path;
 use crate::progress;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
@@ -247,6 +247,12 @@ fn shapes_clip(args: EvalShapesClipArgs) -> Result<()> {
 }
 
 fn shapes(args: EvalShapesArgs) -> Result<()> {
+    if !(1..=64).contains(&args.images_per_prompt) {
+        bail!(
+            "--images-per-prompt {}; allowed: 1..=64",
+            args.images_per_prompt
+        );
+    }
     let prompts = read_prompt_file(&args.prompts)?;
     let opts = ShapesEvalOptions {
         images_per_prompt: args.images_per_prompt,
