@@ -41,19 +41,10 @@ impl GenerateOptions {
     pub fn with_sampling_file(path: &Path) -> Result<Self> {
         let mut options = Self::default();
         let d: SamplingDefaults = read_config(path, "sampling defaults")?;
-        let positive = |name: &str, steps: Option<usize>| match steps {
-            Some(n) if n < 2 => Err(Error::Config {
-                field: name.to_string(),
-                message: format!("{n} in {}; allowed: 2 or more steps", path.display()),
-            }),
-            other => Ok(other),
-        };
-        options.prior_steps =
-            positive("prior_steps", d.prior_steps)?.unwrap_or(options.prior_steps);
-        options.decoder_steps =
-            positive("decoder_steps", d.decoder_steps)?.unwrap_or(options.decoder_steps);
-        options.super_res_steps =
-            positive("super_res_steps", d.super_res_steps)?.unwrap_or(options.super_res_steps);
+        // Step counts, guidance and candidates are checked by `validate` below, as for flags.
+        options.prior_steps = d.prior_steps.unwrap_or(options.prior_steps);
+        options.decoder_steps = d.decoder_steps.unwrap_or(options.decoder_steps);
+        options.super_res_steps = d.super_res_steps.unwrap_or(options.super_res_steps);
         options.prior_guidance = d.prior_guidance.unwrap_or(options.prior_guidance);
         options.decoder_guidance = d.decoder_guidance.unwrap_or(options.decoder_guidance);
         options.image_candidates = d.image_candidates.unwrap_or(options.image_candidates);
