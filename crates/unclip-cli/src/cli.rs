@@ -75,8 +75,9 @@ pub struct EmbedArgs {
 
 #[derive(Args)]
 pub struct ClassifyArgs {
-    /// A CLIPModel folder (a pipeline stores no logit_scale, so it cannot classify).
-    #[arg(long)]
+    /// A CLIPModel folder (a pipeline, built-in models included, stores no logit_scale, so it
+    /// cannot classify: compare cosine similarities with `unclip embed` instead).
+    #[arg(long, value_parser = crate::builtin_models::model_path)]
     pub model: PathBuf,
     #[arg(long)]
     pub image: PathBuf,

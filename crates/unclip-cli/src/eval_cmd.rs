@@ -2,15 +2,15 @@
 //! shapes prompts against their hard negatives.
 
 use crate::builtin_models::model_path;
+use crate::generate::sampler_with_eta;
 use crate::progress;
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::Device;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::{Path, PathBuf};
 use unclip::data::shapes::{read_prompt_file, Form};
 use unclip::data::DataSource;
 use unclip::device::parse_device;
-use unclip::diffusion::Sampler;
 use unclip::eval::{
     evaluate_captions, evaluate_clip_shapes, evaluate_shapes, CaptionScores, CaptionsEvalOptions,
     CaptionsReport, ClipShapesOptions, EvalStart, ShapesEvalOptions, ShapesScore, VerdictFolder,
@@ -52,9 +52,9 @@ pub struct EvalSamplingArgs {
     /// ddpm, ddim or dpm++.
     #[arg(long, value_parser = ["ddpm", "ddim", "dpm++"])]
     pub sampler: Option<String>,
-    /// DDIM's eta (0: deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
+    /// DDIM's eta, 0..=1 (0, the default: deterministic); only with --sampler ddim.
+    #[arg(long)]
+    pub eta: Option<f64>,
     /// Draw this many prior samples and keep the one closest to the text (the paper uses 2)
     /// [default: 1]
     #[arg(long)]
@@ -72,9 +72,12 @@ impl EvalSamplingArgs {
     /// The model's sampling defaults (`sampling.json`, else Karlo's) with the flags given applied.
     fn options(&self, model: &Path) -> Result<GenerateOptions> {
         let d = GenerateOptions::for_model(model)?;
-        let sampler = match &self.sampler {
-            Some(name) => Sampler::parse(name, self.eta)?,
-            None => d.sampler,
+        let sampler = match (&self.sampler, self.eta) {
+            (Some(name), eta) => sampler_with_eta(name, eta)?,
+            (None, Some(_)) => {
+                bail!("--eta applies to --sampler ddim only; no --sampler was given")
+            }
+            (None, None) => d.sampler,
         };
         Ok(GenerateOptions {
             prior_steps: self.prior_steps.unwrap_or(d.prior_steps),
@@ -332,7 +335,7 @@ fn describe_shapes(score: &ShapesScore) -> String {
 }
 
 fn captions(args: EvalCaptionsArgs) -> Result<()> {
-    let source = DataSource::open(&args.data).with_context(|| format!("--data {}", args.data))?;
+    let source = DataSource::open(&args.data)?;
     let opts = CaptionsEvalOptions {
         limit: args.limit,
         seed: args.seed,

@@ -30,9 +30,10 @@ pub struct SamplingArgs {
     /// ddpm (the reference's ancestral sampler), ddim or dpm++.
     #[arg(long, default_value = "ddpm", value_parser = ["ddpm", "ddim", "dpm++"])]
     pub sampler: String,
-    /// DDIM's eta (0: deterministic).
-    #[arg(long, default_value_t = 0.0)]
-    pub eta: f64,
+    /// DDIM's eta, 0..=1 (0, the default: deterministic); only with --sampler ddim or
+    /// vary --invert.
+    #[arg(long)]
+    pub eta: Option<f64>,
     /// Replay recorded draws (safetensors with noise.000, noise.001, ...) instead of --seed.
     #[arg(long)]
     pub noise_tape: Option<PathBuf>,
@@ -125,16 +126,33 @@ pub struct VaryArgs {
 }
 
 /// The model's sampling defaults (`sampling.json`, else Karlo's) with the flags given applied.
-fn options(model: &Path, s: &SamplingArgs) -> Result<GenerateOptions> {
+/// `inverting`: vary --invert, whose decoder takes --eta whatever --sampler says.
+fn options(model: &Path, s: &SamplingArgs, inverting: bool) -> Result<GenerateOptions> {
     let d = GenerateOptions::for_model(model)?;
+    let sampler = if inverting {
+        Sampler::parse(&s.sampler, s.eta.unwrap_or(0.0))?
+    } else {
+        sampler_with_eta(&s.sampler, s.eta)?
+    };
     Ok(GenerateOptions {
         images_per_prompt: s.n,
         decoder_steps: s.decoder_steps.unwrap_or(d.decoder_steps),
         super_res_steps: s.super_res_steps.unwrap_or(d.super_res_steps),
         decoder_guidance: s.decoder_guidance.unwrap_or(d.decoder_guidance),
-        sampler: Sampler::parse(&s.sampler, s.eta)?,
+        sampler,
         ..d
     })
+}
+
+/// `--sampler` with `--eta`, refusing an eta the sampler would ignore: ddpm draws with the
+/// config's variance and dpm++ draws none, so only ddim has an eta.
+pub fn sampler_with_eta(name: &str, eta: Option<f64>) -> Result<Sampler> {
+    match eta {
+        Some(_) if name != "ddim" => bail!(
+            "--eta applies to --sampler ddim only (and to vary --invert); the sampler is {name}"
+        ),
+        eta => Ok(Sampler::parse(name, eta.unwrap_or(0.0))?),
+    }
 }
 
 fn noise(s: &SamplingArgs) -> Result<NoiseSource> {
@@ -217,7 +235,7 @@ pub fn generate(args: GenerateArgs) -> Result<()> {
     }
     args.sampling.precision.apply()?;
     let pipeline = UnclipPipeline::load(&args.model, &parse_device(&args.sampling.device)?)?;
-    let base = options(&args.model, &args.sampling)?;
+    let base = options(&args.model, &args.sampling, false)?;
     let opts = GenerateOptions {
         prior_steps: args.prior_steps.unwrap_or(base.prior_steps),
         prior_guidance: args.prior_guidance.unwrap_or(base.prior_guidance),
@@ -235,13 +253,13 @@ pub fn vary(args: VaryArgs) -> Result<()> {
     unclip::imageops::output_format(&args.sampling.output)?;
     args.sampling.precision.apply()?;
     let pipeline = UnclipPipeline::load(&args.model, &parse_device(&args.sampling.device)?)?;
-    let opts = options(&args.model, &args.sampling)?;
+    let opts = options(&args.model, &args.sampling, args.invert)?;
     let mut noise = noise(&args.sampling)?;
     let images = if args.invert {
         pipeline
             .vary_inverted(
                 &args.images,
-                args.sampling.eta,
+                args.sampling.eta.unwrap_or(0.0),
                 args.refine,
                 &opts,
                 &mut noise,

@@ -679,6 +679,40 @@ fn pipeline_bad_inputs_are_named() {
         "{}",
         stderr(&out)
     );
+    // An eta the sampler would ignore is refused, naming the sampler that takes one.
+    for sampler in ["ddpm", "dpm++"] {
+        let out = unclip(&[
+            "generate",
+            "--model",
+            s(&model),
+            "--prompt",
+            "x",
+            "--sampler",
+            sampler,
+            "--eta",
+            "0.5",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(
+            err.contains("--eta") && err.contains("ddim") && err.contains(sampler),
+            "{err}"
+        );
+    }
+    let prompts = scratch("eta-prompts").join("prompts.txt");
+    std::fs::write(&prompts, "a red circle\n").unwrap();
+    let out = unclip(&[
+        "eval",
+        "shapes",
+        "--model",
+        s(&model),
+        "--prompts",
+        s(&prompts),
+        "--eta",
+        "0.5",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("--eta"), "{}", stderr(&out));
     // Variations need an image encoder.
     let out = unclip(&[
         "vary",
@@ -734,6 +768,22 @@ fn pipeline_bad_inputs_are_named() {
     let err = stderr(&out);
     assert!(
         err.contains("decoder/config.json") && err.contains("sample_size"),
+        "{err}"
+    );
+    // A schedule too short to plan is named with its file, at load.
+    let dir = scratch("zero-train-steps");
+    copy_dir(&model, &dir);
+    let cfg_path = dir.join("decoder_scheduler/scheduler_config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["num_train_timesteps"] = serde_json::json!(0);
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let out = unclip(&["generate", "--model", s(&dir), "--prompt", "x"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("decoder_scheduler/scheduler_config.json")
+            && err.contains("num_train_timesteps"),
         "{err}"
     );
     // An unreadable input image.

@@ -73,6 +73,31 @@ pub struct SchedulerConfig {
     pub beta_schedule: String,
 }
 
+impl SchedulerConfig {
+    /// The fields every plan relies on; called at load, so the error can name the file.
+    pub fn validate(&self) -> Result<()> {
+        if self.beta_schedule != "squaredcos_cap_v2" {
+            return Err(Error::config(
+                "beta_schedule",
+                format!(
+                    "`{}` is not supported; allowed: squaredcos_cap_v2",
+                    self.beta_schedule
+                ),
+            ));
+        }
+        if self.num_train_timesteps < 2 {
+            return Err(Error::config(
+                "num_train_timesteps",
+                format!(
+                    "{}; allowed: at least 2 (Karlo's is 1000)",
+                    self.num_train_timesteps
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Default for SchedulerConfig {
     fn default() -> Self {
         serde_json::from_str("{}").expect("every scheduler field has a default")
@@ -123,15 +148,7 @@ impl Scheduler {
     /// round(k · (T-1)/(n-1)) for k = n-1 .. 0, with NumPy's round-half-to-even.
     pub fn new(config: &SchedulerConfig, sampler: Sampler, steps: usize) -> Result<Self> {
         let train = config.num_train_timesteps;
-        if config.beta_schedule != "squaredcos_cap_v2" {
-            return Err(Error::config(
-                "beta_schedule",
-                format!(
-                    "`{}` is not supported; allowed: squaredcos_cap_v2",
-                    config.beta_schedule
-                ),
-            ));
-        }
+        config.validate()?;
         if steps < 2 || steps > train {
             return Err(Error::InvalidInput(format!(
                 "{steps} sampling steps requested; allowed: 2..={train} (the schedule has {train} training steps)"
@@ -172,15 +189,7 @@ impl Scheduler {
                  (each must be in 0..{train} and above the one it lands on)"
             )));
         }
-        if config.beta_schedule != "squaredcos_cap_v2" {
-            return Err(Error::config(
-                "beta_schedule",
-                format!(
-                    "`{}` is not supported; allowed: squaredcos_cap_v2",
-                    config.beta_schedule
-                ),
-            ));
-        }
+        config.validate()?;
         Ok(Self {
             config: config.clone(),
             schedule: NoiseSchedule::cosine(config.num_train_timesteps),
@@ -442,6 +451,20 @@ mod tests {
                 .unwrap_err()
                 .to_string();
             assert!(err.contains("allowed: 2..=1000"), "{err}");
+        }
+        // A schedule too short to plan is named as the config field, not as a step range.
+        for train in [0, 1] {
+            let config = SchedulerConfig {
+                num_train_timesteps: train,
+                ..SchedulerConfig::default()
+            };
+            let err = Scheduler::new(&config, Sampler::Ddpm, 2)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains("num_train_timesteps") && err.contains("at least 2"),
+                "{err}"
+            );
         }
     }
 

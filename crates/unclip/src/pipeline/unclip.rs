@@ -157,7 +157,9 @@ fn component(dir: &Path, name: &str) -> Result<PathBuf> {
 
 fn scheduler_config(dir: &Path, name: &str) -> Result<SchedulerConfig> {
     let path = component(dir, name)?.join("scheduler_config.json");
-    read_config(&path, "an UnCLIPScheduler config")
+    let config: SchedulerConfig = read_config(&path, "an UnCLIPScheduler config")?;
+    config.validate().map_err(|e| e.in_file(&path))?;
+    Ok(config)
 }
 
 pub(crate) fn side(size: &Option<SampleSize>, field: &str) -> Result<(usize, usize)> {
