@@ -1,6 +1,7 @@
 //! One function per command: call the library, format its answer.
 
 use crate::cli::{ClassifyArgs, Cli, Command, ConvertArgs, EmbedArgs, TokenizerArgs, TrainCommand};
+use crate::out_folder::require_new_or_empty;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use unclip::clip::{load_clip_tensors, save_clip, ClipConfig, ClipLayout, ClipModel};
@@ -120,6 +121,7 @@ fn tokenizer(args: TokenizerArgs) -> Result<()> {
     if captions.is_empty() {
         bail!("{} holds no captions", args.captions.display());
     }
+    require_new_or_empty("--out", &args.out)?;
     let tok = ClipTokenizer::train(captions.iter(), args.vocab_size, args.context_length)?;
     tok.save(&args.out)?;
     eprintln!(
@@ -142,6 +144,7 @@ fn convert(args: ConvertArgs) -> Result<()> {
             );
         }
     }
+    require_new_or_empty("--out", &args.out)?;
     let model = ClipModel::load(&args.model, &Device::Cpu)?;
     let config: ClipConfig = model.config().clone();
     let wanted_text = matches!(layout, ClipLayout::Full | ClipLayout::Text);

@@ -1,5 +1,6 @@
 //! `unclip data ...`: dataset builders.
 
+use crate::out_folder::require_new_or_empty;
 use anyhow::Result;
 use clap::{Args, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -159,6 +160,7 @@ fn describe_emoji(s: &EmojiSummary, seconds: f64) -> String {
 
 fn shapes(args: ShapesArgs) -> Result<()> {
     let start = Instant::now();
+    require_new_or_empty("--out", &args.out)?;
     let summary = match &args.prompts {
         Some(file) => {
             let prompts = read_prompt_file(file)?;

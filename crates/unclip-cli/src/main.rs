@@ -8,6 +8,7 @@ mod data_cmd;
 mod edit_cmd;
 mod eval_cmd;
 mod generate;
+mod out_folder;
 mod progress;
 mod serve_cmd;
 mod train_cmd;

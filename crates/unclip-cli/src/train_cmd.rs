@@ -10,10 +10,9 @@ use unclip::data::DataSource;
 use unclip::device::parse_device;
 use unclip::pipeline::{assemble, PipelineParts};
 use unclip::train::{
-    build_embedding_cache, check_run_options, load_recipe_with, run_training, save_recipe,
-    ClipRecipe, ClipStage, DecoderRecipe, DecoderStage, EmbeddingCache, FrozenClip, PriorRecipe,
-    PriorStage, RecipeOverride, RunOptions, TrainSettings, TrainStage, UpsamplerRecipe,
-    UpsamplerStage,
+    build_embedding_cache, check_run_options, load_recipe_with, run_training, ClipRecipe,
+    ClipStage, DecoderRecipe, DecoderStage, EmbeddingCache, FrozenClip, PriorRecipe, PriorStage,
+    RecipeOverride, RunOptions, TrainSettings, TrainStage, UpsamplerRecipe, UpsamplerStage,
 };
 
 #[derive(Args)]
@@ -144,7 +143,16 @@ fn recipe<T: serde::Serialize + serde::de::DeserializeOwned>(
     )?)
 }
 
-fn settings(train: &mut TrainSettings, args: &StageArgs) {
+/// The recipe's `train` section with --batch-size, --lr and --grad-accumulation applied, and
+/// the run's options checked: all before the stage opens data or builds its model.
+fn settings(train: &mut TrainSettings, args: &StageArgs) -> Result<()> {
+    apply_flags(train, args);
+    train.validate()?;
+    check_run_options(&run_options(args, None))?;
+    Ok(())
+}
+
+fn apply_flags(train: &mut TrainSettings, args: &StageArgs) {
     if let Some(b) = args.batch_size {
         train.batch_size = b;
     }
@@ -163,13 +171,8 @@ fn clip(args: &StageArgs, stage: &str) -> Result<FrozenClip> {
     Ok(FrozenClip::load(dir, &parse_device(&args.device)?)?)
 }
 
-fn run<T: serde::Serialize>(
-    stage: &dyn TrainStage,
-    recipe: &T,
-    train: &TrainSettings,
-    args: &StageArgs,
-) -> Result<()> {
-    let opts = RunOptions {
+fn run_options(args: &StageArgs, recipe: Option<serde_json::Value>) -> RunOptions {
+    RunOptions {
         data: args.data.clone(),
         val_data: args.val_data.clone(),
         out: args.out.clone(),
@@ -182,9 +185,18 @@ fn run<T: serde::Serialize>(
         workers: args.workers,
         stop_at: args.stop_at,
         init_from: args.init_from.clone(),
-    };
-    check_run_options(&opts)?;
-    save_recipe(&args.out, recipe)?;
+        recipe,
+    }
+}
+
+fn run<T: serde::Serialize>(
+    stage: &dyn TrainStage,
+    recipe: &T,
+    train: &TrainSettings,
+    args: &StageArgs,
+) -> Result<()> {
+    // Checked by `settings` before the stage was built, and again by run_training.
+    let opts = run_options(args, Some(serde_json::to_value(recipe)?));
     let bar = progress::bar(args.max_steps as u64, &format!("train {}", stage.name()));
     let summary = run_training(stage, train, &opts, &mut |s| {
         bar.set_position(s.step as u64);
@@ -221,7 +233,7 @@ pub fn clip_command(args: crate::cli::TrainClipArgs) -> Result<()> {
         );
     }
     let mut recipe: ClipRecipe = recipe("clip", &stage_args)?;
-    settings(&mut recipe.train, &stage_args);
+    settings(&mut recipe.train, &stage_args)?;
     // Fine-tuning keeps the vocabulary its embeddings were learnt with.
     let tokenizer = args.tokenizer.clone().or_else(|| {
         stage_args.init_from.as_ref().map(|dir| {
@@ -244,7 +256,7 @@ pub fn clip_command(args: crate::cli::TrainClipArgs) -> Result<()> {
 
 pub fn prior(args: StageArgs) -> Result<()> {
     let mut recipe: PriorRecipe = recipe("prior", &args)?;
-    settings(&mut recipe.train, &args);
+    settings(&mut recipe.train, &args)?;
     let cache = args
         .embeddings
         .as_deref()
@@ -275,7 +287,7 @@ pub fn decoder(args: StageArgs) -> Result<()> {
         bail!("--embeddings is for the prior; the decoder reads images");
     }
     let mut recipe: DecoderRecipe = recipe("decoder", &args)?;
-    settings(&mut recipe.train, &args);
+    settings(&mut recipe.train, &args)?;
     let stage = DecoderStage::new(&recipe, clip(&args, "decoder")?, args.seed)?;
     run(&stage, &recipe, &recipe.train, &args)
 }
@@ -285,7 +297,7 @@ pub fn upsampler(args: StageArgs) -> Result<()> {
         bail!("--clip and --embeddings are for the prior and decoder; the upsampler reads images only");
     }
     let mut recipe: UpsamplerRecipe = recipe("upsampler", &args)?;
-    settings(&mut recipe.train, &args);
+    settings(&mut recipe.train, &args)?;
     let stage = UpsamplerStage::new(&recipe, args.seed, &parse_device(&args.device)?)?;
     run(&stage, &recipe, &recipe.train, &args)
 }

@@ -345,6 +345,15 @@ fn recipe_overrides_are_checked_and_the_recipe_used_is_saved() {
         ("unett.sample_size=64", "unett"),
         ("min_snr_gamma=high", "min_snr_gamma"),
         ("min_snr_gamma", "FIELD=VALUE"),
+        // A schedule no pipeline could sample from is refused before training, not at load.
+        (
+            "scheduler.num_train_timesteps=0",
+            "scheduler.num_train_timesteps",
+        ),
+        ("scheduler.beta_schedule=linear", "scheduler.beta_schedule"),
+        ("image_embedding_drop=5", "image_embedding_drop"),
+        ("train.grad_clip=-1", "grad_clip"),
+        ("train.batch_size=100000000000000", "batch_size"),
     ] {
         let out = unclip(&[
             "train",
@@ -353,6 +362,8 @@ fn recipe_overrides_are_checked_and_the_recipe_used_is_saved() {
             s(&dir),
             "--out",
             s(&dir.join("refused")),
+            "--clip",
+            s(&fixtures().join("clip_tiny_legacy")),
             "--set",
             set,
         ]);
@@ -392,6 +403,27 @@ fn recipe_overrides_are_checked_and_the_recipe_used_is_saved() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("--resume"), "{}", stderr(&out));
     assert_eq!(std::fs::read(first.join("recipe.json")).unwrap(), before);
+    // A refused --resume (another architecture; nothing left to train) keeps the run's recipe.
+    for (extra, named) in [
+        (
+            &["--resume", "--set", "prior.num_layers=3"][..],
+            "parameters",
+        ),
+        (&["--resume"][..], "step 2 already"),
+    ] {
+        let out = prior(&first, extra);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains(named), "{extra:?}: {}", stderr(&out));
+        assert_eq!(std::fs::read(first.join("recipe.json")).unwrap(), before);
+    }
+    // A misspelt field inside a section of a recipe file is named, not trained as the default.
+    let mut misspelt: serde_json::Value = serde_json::from_slice(&before).unwrap();
+    misspelt["prior"]["num_layer"] = serde_json::json!(3);
+    let misspelt_path = dir.join("misspelt.json");
+    std::fs::write(&misspelt_path, misspelt.to_string()).unwrap();
+    let out = prior(&dir.join("misspelt"), &["--config", s(&misspelt_path)]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("prior.num_layer"), "{}", stderr(&out));
     let again = dir.join("again");
     let out = prior(&again, &["--config", s(&first.join("recipe.json"))]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -455,6 +487,85 @@ fn outputs_that_hold_the_users_files_are_not_replaced() {
         3,
         "nothing else left"
     );
+    // Parts that load on their own but not together are refused, and nothing is written.
+    let shapes = fixtures().join("../../../models/shapes");
+    let mismatched = dir.join("mismatched");
+    let out = unclip(&[
+        "assemble",
+        "--clip",
+        s(&fixtures().join("clip_tiny")),
+        "--prior",
+        s(&shapes),
+        "--decoder",
+        s(&shapes),
+        "--out",
+        s(&mismatched),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("do not fit together"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!mismatched.exists());
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 3);
+    // convert, tokenizer, data shapes and a new training run write whole folders: into one
+    // holding other files, or onto a file, they are refused and nothing is touched.
+    let captions = dir.join("captions.txt");
+    std::fs::write(&captions, "a red circle\na blue square\n").unwrap();
+    let clip_tiny = fixtures().join("clip_tiny");
+    for target in [&notes, &captions] {
+        let named = if target.is_file() {
+            "is a file"
+        } else {
+            "not empty"
+        };
+        let commands: [Vec<&str>; 4] = [
+            vec![
+                "convert",
+                "--model",
+                s(&clip_tiny),
+                "--layout",
+                "text",
+                "--out",
+                s(target),
+            ],
+            vec![
+                "tokenizer",
+                "--captions",
+                s(&captions),
+                "--vocab-size",
+                "600",
+                "--out",
+                s(target),
+            ],
+            vec!["data", "shapes", "--n", "4", "--out", s(target)],
+            vec![
+                "train",
+                "prior",
+                "--preset",
+                "tiny",
+                "--data",
+                "/nonexistent",
+                "--clip",
+                s(&clip_tiny),
+                "--out",
+                s(target),
+            ],
+        ];
+        for args in commands {
+            let out = unclip(&args);
+            assert_eq!(out.status.code(), Some(1), "{args:?}");
+            let err = stderr(&out);
+            assert!(
+                err.contains(named) && err.contains("--out"),
+                "{args:?}: {err}"
+            );
+        }
+    }
+    assert_eq!(std::fs::read(notes.join("notes.txt")).unwrap(), b"mine");
+    assert_eq!(std::fs::read_dir(&notes).unwrap().count(), 1);
+    std::fs::remove_file(&captions).unwrap();
     // An unquoted prompt is one prompt, not one per word.
     let image = dir.join("one.png");
     let out = unclip(&[

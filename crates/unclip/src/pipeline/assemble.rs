@@ -9,7 +9,9 @@
 use crate::checkpoint::{replace_dir, write_atomic};
 use crate::clip::{load_clip_tensors, save_clip, ClipLayout, ClipModel, PROCESSOR_FILE};
 use crate::error::{Error, Result};
-use crate::pipeline::{GenerateOptions, DECODER_TEXT_ENCODER, SAMPLING_DEFAULTS_FILE};
+use crate::pipeline::{
+    GenerateOptions, UnclipPipeline, DECODER_TEXT_ENCODER, SAMPLING_DEFAULTS_FILE,
+};
 use crate::tokenizer::TOKENIZER_FILES;
 use candle_core::Device;
 use std::path::Path;
@@ -141,7 +143,17 @@ pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
             let target = tmp.join(SAMPLING_DEFAULTS_FILE);
             std::fs::copy(sampling, &target).map_err(|e| Error::io(sampling, e))?;
         }
-        write_stage_parts(parts, tmp)
+        write_stage_parts(parts, tmp)?;
+        // Each part loads on its own; whether their widths agree shows only together, and a
+        // pipeline folder that `generate` refuses is no use to write.
+        UnclipPipeline::load(tmp, &Device::Cpu).map_err(|e| {
+            // Named by the folder the user asked for, not the staging one.
+            let message = e
+                .to_string()
+                .replace(&tmp.display().to_string(), &out.display().to_string());
+            Error::InvalidInput(format!("the parts do not fit together: {message}"))
+        })?;
+        Ok(())
     })
 }
 

@@ -18,6 +18,7 @@ use super::conditioning::{
 };
 use super::noise_loss::{check_trainable, denoising_loss, denoising_target, SnrWeighting};
 use super::params::ParamStore;
+use super::recipes::{check_probability, check_scheduler};
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::{read_config, save_safetensors, write_config};
 use crate::clip::{ClipModel, ClipTextConfig, WEIGHTS_FILE};
@@ -172,6 +173,9 @@ fn square(cfg: &UNet2DConditionConfig) -> Result<usize> {
 
 impl DecoderStage {
     pub fn new(recipe: &DecoderRecipe, clip: FrozenClip, seed: u64) -> Result<Self> {
+        check_scheduler(&recipe.scheduler)?;
+        check_probability("image_embedding_drop", recipe.image_embedding_drop)?;
+        check_probability("caption_drop", recipe.caption_drop)?;
         let unet_config = recipe.unet.clone();
         unet_config.validate()?;
         let learned = unet_config.out_channels == 2 * unet_config.in_channels;

@@ -8,6 +8,7 @@ use super::conditioning::{
 };
 use super::embedding_cache::EmbeddingCache;
 use super::params::ParamStore;
+use super::recipes::{check_probability, check_scheduler};
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::write_config;
 use crate::data::{stream, DataSource, StreamOptions};
@@ -59,6 +60,8 @@ impl PriorStage {
         seed: u64,
         cache: Option<EmbeddingCache>,
     ) -> Result<Self> {
+        check_scheduler(&recipe.scheduler)?;
+        check_probability("text_drop", recipe.text_drop)?;
         if recipe.scheduler.prediction_type != Prediction::Sample {
             return Err(Error::config(
                 "scheduler.prediction_type",

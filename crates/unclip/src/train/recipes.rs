@@ -6,6 +6,7 @@ use crate::checkpoint::write_atomic;
 use crate::error::{Error, Result};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde_json::Value;
 use std::path::Path;
 
 pub const PRESETS: [&str; 3] = ["tiny", "small", "medium"];
@@ -70,7 +71,7 @@ pub fn load_recipe_with<T: Serialize + DeserializeOwned>(
     };
     let mut value: serde_json::Value = serde_json::from_str(&text).map_err(json_error)?;
     apply_overrides(&mut value, overrides, stage)?;
-    let recipe: T = serde_json::from_value(value).map_err(|e| {
+    let recipe: T = serde_json::from_value(value.clone()).map_err(|e| {
         if overrides.is_empty() {
             json_error(e)
         } else {
@@ -84,7 +85,38 @@ pub fn load_recipe_with<T: Serialize + DeserializeOwned>(
     let parsed =
         serde_json::to_value(&recipe).map_err(|e| Error::config(origin.clone(), e.to_string()))?;
     check_applied(&parsed, overrides, stage)?;
+    if let Some(field) = unread_field(&value, &parsed, "") {
+        return Err(Error::config(
+            origin,
+            format!("the {stage} recipe has no field `{field}` (a misspelling?)"),
+        ));
+    }
     Ok(recipe)
+}
+
+/// The first field of `given` (dotted path) that the parsed recipe does not hold: the sections
+/// mirror diffusers/transformers configs, which read unknown keys without a word, so a
+/// misspelt `num_layer` would otherwise train the default silently. Null values are skipped
+/// (an unset optional field serialises as absent), as are diffusers' bookkeeping keys.
+fn unread_field(given: &Value, parsed: &Value, prefix: &str) -> Option<String> {
+    let (Value::Object(given), Value::Object(parsed)) = (given, parsed) else {
+        return None;
+    };
+    for (name, value) in given {
+        if value.is_null() || name.starts_with('_') {
+            continue;
+        }
+        let path = format!("{prefix}{name}");
+        match parsed.get(name) {
+            None => return Some(path),
+            Some(inner) => {
+                if let Some(found) = unread_field(value, inner, &format!("{path}.")) {
+                    return Some(found);
+                }
+            }
+        }
+    }
+    None
 }
 
 /// Writes the recipe a run actually used (after --set, --lr, --batch-size) as `dir/recipe.json`,
@@ -95,4 +127,25 @@ pub fn save_recipe<T: Serialize>(dir: &Path, recipe: &T) -> Result<()> {
         serde_json::to_string_pretty(recipe).map_err(|e| Error::config("recipe", e.to_string()))?;
     text.push('\n');
     write_atomic(&path, text.as_bytes())
+}
+
+/// A stage recipe's `scheduler` section, checked as the pipeline checks it at load, so a run
+/// cannot train for hours into a schedule no pipeline will sample from.
+pub(crate) fn check_scheduler(scheduler: &crate::diffusion::SchedulerConfig) -> Result<()> {
+    scheduler.validate().map_err(|e| match e {
+        Error::Config { field, message } => Error::Config {
+            field: format!("scheduler.{field}"),
+            message,
+        },
+        other => other,
+    })
+}
+
+/// A probability field of a recipe (a dropout rate), in 0..=1.
+pub(crate) fn check_probability(field: &str, value: f64) -> Result<()> {
+    if (0.0..=1.0).contains(&value) {
+        Ok(())
+    } else {
+        Err(Error::config(field, format!("{value}; allowed: 0..=1")))
+    }
 }

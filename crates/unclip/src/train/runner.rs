@@ -8,10 +8,11 @@ use super::ema::Ema;
 use super::optim::{accumulate, clip_grad_norm, gradients, AdamW, AdamWConfig};
 use super::params::ParamStore;
 use super::plot::write_loss_curve;
+use super::recipes::save_recipe;
 use super::schedule::LrSchedule;
 use super::state::{
     check_fingerprint, fingerprint, latest_checkpoint, prune_checkpoints, read_progress,
-    read_state_tensors, Progress, STATE_JSON, STATE_TENSORS,
+    read_state_tensors, remove_unfinished_checkpoints, Progress, STATE_JSON, STATE_TENSORS,
 };
 use crate::checkpoint::{replace_dir, save_safetensors, write_atomic};
 use crate::data::{stream, DataSource, PairStream, StreamOptions};
@@ -59,6 +60,10 @@ pub trait TrainStage {
     }
 }
 
+/// The largest batch a recipe may ask for: far beyond any machine's memory for these models,
+/// and small enough that the batch's buffers can be sized without overflowing.
+pub const MAX_BATCH_SIZE: usize = 65_536;
+
 /// Optimisation settings shared by every stage (the recipe's `train` section).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,8 +100,29 @@ impl TrainSettings {
                 "batch_size and grad_accumulation must be at least 1",
             ));
         }
+        if self.batch_size > MAX_BATCH_SIZE {
+            return Err(Error::config(
+                "batch_size",
+                format!("{}; allowed: 1..={MAX_BATCH_SIZE}", self.batch_size),
+            ));
+        }
         if !(0.0..1.0).contains(&self.ema_decay) {
             return Err(Error::config("ema_decay", "must be in [0, 1)"));
+        }
+        if !(self.weight_decay >= 0.0 && self.weight_decay.is_finite()) {
+            return Err(Error::config(
+                "weight_decay",
+                format!("{}; allowed: 0 or more", self.weight_decay),
+            ));
+        }
+        if !(self.grad_clip >= 0.0) {
+            return Err(Error::config(
+                "grad_clip",
+                format!(
+                    "{}; allowed: a positive gradient norm, or 0 for no clipping",
+                    self.grad_clip
+                ),
+            ));
         }
         Ok(())
     }
@@ -120,7 +146,20 @@ pub struct RunOptions {
     /// Start from these weights (a model folder, see [`TrainStage::init_from`]) instead of a
     /// fresh initialisation; the optimizer, EMA and schedule start anew.
     pub init_from: Option<PathBuf>,
+    /// The recipe to save as `out/recipe.json`, written once the run's checks have passed (a
+    /// refused `--resume` keeps the recipe the run was trained with).
+    pub recipe: Option<serde_json::Value>,
 }
+
+/// What a run writes into its `--out`: a folder holding only these (a run refused before its
+/// first checkpoint) may be started again; anything else there is the user's, and kept.
+const RUN_FILES: [&str; 5] = [
+    "recipe.json",
+    "train_log.jsonl",
+    "loss.png",
+    "samples",
+    "checkpoints",
+];
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StepLog {
@@ -240,6 +279,12 @@ pub fn check_run_options(opts: &RunOptions) -> Result<()> {
             opts.max_steps
         )));
     }
+    if opts.out.exists() && !opts.out.is_dir() {
+        return Err(Error::InvalidInput(format!(
+            "--out {} is a file; allowed: a new or empty folder, or a run's folder with --resume",
+            opts.out.display()
+        )));
+    }
     if !opts.resume {
         if let Some(dir) = latest_checkpoint(&opts.out) {
             return Err(Error::InvalidInput(format!(
@@ -249,8 +294,24 @@ pub fn check_run_options(opts: &RunOptions) -> Result<()> {
                 dir.display()
             )));
         }
+        if let Some(other) = foreign_entry(&opts.out) {
+            return Err(Error::InvalidInput(format!(
+                "--out {} is not empty and holds no training run (it has `{other}`); a run \
+                 writes its model there, so give a new or empty folder",
+                opts.out.display()
+            )));
+        }
     }
     Ok(())
+}
+
+/// An entry of `out` that no run wrote, if any.
+fn foreign_entry(out: &Path) -> Option<String> {
+    std::fs::read_dir(out)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .find(|name| !RUN_FILES.contains(&name.as_str()))
 }
 
 /// Trains `stage` as `settings` and `opts` say; `on_step` sees every step's log line.
@@ -300,7 +361,6 @@ pub fn run_training(
     let mut rng = ChaCha8Rng::seed_from_u64(opts.seed);
     let (mut step, mut epoch, mut position) = (0usize, 0u64, 0u64);
 
-    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
     let log_path = opts.out.join("train_log.jsonl");
     let mut history: Vec<(usize, f32, Option<f32>)> = Vec::new();
     if opts.resume {
@@ -332,17 +392,24 @@ pub fn run_training(
                 .collect();
             *e = Ema::restore(&params, settings.ema_decay, saved.ema_updates, &avg)?;
         }
+        let end = opts
+            .stop_at
+            .map_or(opts.max_steps, |s| s.min(opts.max_steps));
+        if saved.step >= end {
+            return Err(Error::InvalidInput(format!(
+                "--resume: the run is at step {} already, and this one would end at step {end} \
+                 (--max-steps {}{}); raise --max-steps to train on",
+                saved.step,
+                opts.max_steps,
+                opts.stop_at
+                    .map(|s| format!(", --stop-at {s}"))
+                    .unwrap_or_default()
+            )));
+        }
         (step, epoch, position, rng) = (saved.step, saved.epoch, saved.position, saved.rng);
         history = read_history(&log_path, step);
         tracing::info!(checkpoint = %dir.display(), step, "resuming");
     }
-    rewrite_log(&log_path, &history)?;
-    let mut log = std::fs::OpenOptions::new()
-        .append(true)
-        .create(true)
-        .open(&log_path)
-        .map_err(|e| Error::io(&log_path, e))?;
-
     let base = StreamOptions {
         image_size: stage.image_size(),
         seed: opts.seed,
@@ -375,6 +442,18 @@ pub fn run_training(
         )?
         .next_batch(settings.batch_size, &device)?,
     };
+    std::fs::create_dir_all(&opts.out).map_err(|e| Error::io(&opts.out, e))?;
+    remove_unfinished_checkpoints(&opts.out)?;
+    if let Some(recipe) = &opts.recipe {
+        save_recipe(&opts.out, recipe)?;
+    }
+    rewrite_log(&log_path, &history)?;
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&log_path)
+        .map_err(|e| Error::io(&log_path, e))?;
+
     let schedule = LrSchedule {
         peak: settings.learning_rate,
         warmup_steps: settings.warmup_steps.min(opts.max_steps / 5),

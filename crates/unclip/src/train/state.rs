@@ -63,6 +63,24 @@ fn checkpoints(out: &Path) -> Vec<(usize, PathBuf)> {
     steps
 }
 
+/// Removes the staging folders of checkpoints a killed run was writing (`.step-N.new-PID.tmp`
+/// under `out/checkpoints`): never complete, never read, and as large as a checkpoint.
+pub fn remove_unfinished_checkpoints(out: &Path) -> Result<()> {
+    let Ok(entries) = std::fs::read_dir(out.join("checkpoints")) else {
+        return Ok(());
+    };
+    for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+        let staging = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with(".step-") && n.ends_with(".tmp"));
+        if staging && path.is_dir() {
+            std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
+        }
+    }
+    Ok(())
+}
+
 /// The newest complete checkpoint, if any.
 pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
     checkpoints(out)

@@ -7,6 +7,7 @@
 use super::conditioning::{normal, timesteps};
 use super::noise_loss::{check_trainable, denoising_loss, denoising_target, SnrWeighting};
 use super::params::ParamStore;
+use super::recipes::check_scheduler;
 use super::runner::{Batch, TrainSettings, TrainStage};
 use crate::checkpoint::write_config;
 use crate::diffusion::{NoiseSchedule, NoiseSource, Sampler, Scheduler, SchedulerConfig};
@@ -77,6 +78,16 @@ fn gaussian_matrix(n: usize, sigma: f64, device: &Device) -> Result<Tensor> {
 
 impl UpsamplerStage {
     pub fn new(recipe: &UpsamplerRecipe, seed: u64, device: &Device) -> Result<Self> {
+        check_scheduler(&recipe.scheduler)?;
+        if !(0.0..=1.0).contains(&recipe.max_noise) {
+            return Err(Error::config(
+                "max_noise",
+                format!(
+                    "{}; allowed: 0..=1 (a standard deviation on the [-1, 1] scale)",
+                    recipe.max_noise
+                ),
+            ));
+        }
         recipe.unet.validate()?;
         check_trainable(recipe.scheduler.prediction_type)?;
         if recipe.unet.in_channels != 2 * recipe.unet.out_channels {

@@ -28,6 +28,7 @@ fn tiny_clip_learns_colors_and_saves_a_loadable_folder() {
         workers: 2,
         stop_at: None,
         init_from: None,
+        recipe: None,
     };
     let mut losses = Vec::new();
     let summary = run_training(&stage, &recipe.train, &opts, &mut |r| losses.push(r.loss)).unwrap();
@@ -119,6 +120,7 @@ fn shapes_hard_negatives_train_and_a_pipeline_seeds_fine_tuning() {
         workers: 1,
         stop_at: None,
         init_from: None,
+        recipe: None,
     };
     let mut losses = Vec::new();
     run_training(&stage, &recipe.train, &opts, &mut |r| losses.push(r.loss)).unwrap();

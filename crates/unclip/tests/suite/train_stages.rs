@@ -87,6 +87,7 @@ fn options(data: &Path, out: &Path, steps: usize) -> RunOptions {
         workers: 2,
         stop_at: None,
         init_from: None,
+        recipe: None,
     }
 }
 
