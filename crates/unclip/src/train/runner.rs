@@ -115,7 +115,7 @@ impl TrainSettings {
                 format!("{}; allowed: 0 or more", self.weight_decay),
             ));
         }
-        if !(self.grad_clip >= 0.0) {
+        if self.grad_clip.is_nan() || self.grad_clip < 0.0 {
             return Err(Error::config(
                 "grad_clip",
                 format!(
