@@ -68,14 +68,23 @@ pub fn serve(args: ServeArgs) -> Result<()> {
             unclip_server::MAX_CONNECTIONS_LIMIT
         );
     }
+    // A deadline is now + the duration: past about a year, the sum can overflow the clock.
+    const YEAR: u64 = 365 * 24 * 3600;
     for (flag, seconds) in [
         ("--header-read-timeout", args.header_read_timeout),
         ("--request-timeout", args.request_timeout),
         ("--url-ttl", args.url_ttl),
     ] {
-        if seconds == 0 {
-            bail!("{flag} 0; allowed: 1 or more seconds");
+        if !(1..=YEAR).contains(&seconds) {
+            bail!("{flag} {seconds}; allowed: 1..={YEAR} seconds (a year)");
         }
+    }
+    if args.batch_wait_ms > 60_000 {
+        bail!(
+            "--batch-wait-ms {}; allowed: 0..=60000 (a minute: the first request of a batch \
+             waits this long for others)",
+            args.batch_wait_ms
+        );
     }
     if !(1..=20).contains(&args.edit_resample) {
         bail!(

@@ -13,11 +13,20 @@ pub const MAX_IMAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Largest side of an uploaded image; also bounds the memory its decoding takes.
 pub const MAX_IMAGE_SIDE: u32 = 4096;
 /// Names that OpenAI clients send and that this server reads (or accepts and ignores: `user`).
-const GENERATION_FIELDS: &[&str] = &["prompt", "n", "size", "response_format", "user", "model"];
+const GENERATION_FIELDS: &[&str] = &[
+    "prompt",
+    "n",
+    "size",
+    "response_format",
+    "user",
+    "model",
+    "quality",
+];
 pub const VARIATION_FIELDS: &[&str] = &["image", "n", "size", "response_format", "user", "model"];
 pub const EDIT_FIELDS: &[&str] = &[
     "image",
     "mask",
+    "quality",
     "prompt",
     "n",
     "size",
@@ -107,6 +116,7 @@ pub fn parse_generation(body: &[u8], model: &ModelInfo) -> Result<GenerationRequ
         Some(_) => return Err(ApiError::invalid("n", n_message("not a number"))),
     };
     text("user")?;
+    check_quality(text("quality")?.as_deref())?;
     let params = common(
         n.as_deref(),
         text("size")?.as_deref(),
@@ -145,6 +155,7 @@ pub fn parse_edit_fields(
         ));
     };
     check_prompt(prompt)?;
+    check_quality(text("quality"))?;
     let params = common(
         text("n"),
         text("size"),
@@ -156,6 +167,18 @@ pub fn parse_edit_fields(
         prompt: prompt.to_string(),
         params,
     })
+}
+
+/// OpenAI's `quality` for DALL-E 2 models: only `standard` (its default) exists; `hd` is
+/// DALL-E 3's, and this server does not pretend to draw it.
+fn check_quality(quality: Option<&str>) -> Result<(), ApiError> {
+    match quality {
+        None | Some("standard") => Ok(()),
+        Some(other) => Err(ApiError::invalid(
+            "quality",
+            format!("`quality` {other:?} is not offered by this model; allowed: standard"),
+        )),
+    }
 }
 
 fn reject_unknown<'a>(
@@ -311,12 +334,32 @@ fn check_png(bytes: &[u8], param: &'static str) -> Result<u32, ApiError> {
     Ok(width)
 }
 
-/// A variations upload: a square PNG (see [`check_png`]), as RGB.
+/// The largest side an upload is kept at while it waits in the queue. Every model reads far
+/// less (CLIP 224 px, the decoder 64 px), and a 130 KB PNG can hold a 4096 px picture: kept at
+/// full size, 64 of them in the queue would hold gigabytes.
+pub const MAX_KEPT_SIDE: u32 = 1024;
+
+/// A variations upload: a square PNG (see [`check_png`]), as RGB, at most [`MAX_KEPT_SIDE`].
 pub fn decode_upload(bytes: &[u8]) -> Result<InputImage, ApiError> {
     check_png(bytes, "image")?;
     let (rgb, width, height) = unclip::clip::decode_rgb8(bytes)
         .map_err(|e| ApiError::invalid("image", format!("`image` is not a readable PNG: {e}")))?;
-    Ok(InputImage { rgb, width, height })
+    if width <= MAX_KEPT_SIDE as usize {
+        return Ok(InputImage { rgb, width, height });
+    }
+    let full = image::RgbImage::from_raw(width as u32, height as u32, rgb)
+        .ok_or_else(|| ApiError::internal("the decoded image has the wrong length"))?;
+    let kept = image::imageops::resize(
+        &full,
+        MAX_KEPT_SIDE,
+        MAX_KEPT_SIDE,
+        image::imageops::FilterType::Triangle,
+    );
+    Ok(InputImage {
+        rgb: kept.into_raw(),
+        width: MAX_KEPT_SIDE as usize,
+        height: MAX_KEPT_SIDE as usize,
+    })
 }
 
 /// A square PNG upload with its alpha channel, and whether the file has one.
@@ -326,7 +369,19 @@ fn decode_rgba(bytes: &[u8], param: &'static str) -> Result<(image::RgbaImage, b
         .decode()
         .map_err(|e| ApiError::invalid(param, format!("`{param}` is not a readable PNG: {e}")))?;
     let has_alpha = decoded.color().has_alpha();
-    Ok((decoded.to_rgba8(), has_alpha))
+    let rgba = decoded.to_rgba8();
+    drop(decoded);
+    if rgba.width() <= MAX_KEPT_SIDE {
+        return Ok((rgba, has_alpha));
+    }
+    // Nearest keeps alpha 0 exactly where it was: the region to repaint stays the same.
+    let kept = image::imageops::resize(
+        &rgba,
+        MAX_KEPT_SIDE,
+        MAX_KEPT_SIDE,
+        image::imageops::FilterType::Nearest,
+    );
+    Ok((kept, has_alpha))
 }
 
 /// The uploads of an edit, read as OpenAI's edits API reads them: the region to repaint is
@@ -436,6 +491,11 @@ mod tests {
                 "style",
                 "unrecognized",
             ),
+            (
+                br#"{"prompt":"x","quality":"hd"}"#,
+                "quality",
+                "allowed: standard",
+            ),
         ];
         for (body, param, words) in cases {
             let err = parse_generation(body, &model()).unwrap_err();
@@ -443,6 +503,8 @@ mod tests {
             assert_eq!(err.param.as_deref(), Some(*param), "{}", err.message);
             assert!(err.message.contains(words), "{}", err.message);
         }
+        // DALL-E 2's one quality, as OpenAI's clients may send it.
+        assert!(parse_generation(br#"{"prompt":"x","quality":"standard"}"#, &model()).is_ok());
         let long = format!(r#"{{"prompt":"{}"}}"#, "é".repeat(1001));
         let err = parse_generation(long.as_bytes(), &model()).unwrap_err();
         assert!(err.message.contains("1001 characters"), "{}", err.message);
@@ -605,6 +667,20 @@ mod tests {
     }
 
     /// Fuzz-style: random and mutated bodies never panic, and every failure is a 4xx.
+    #[test]
+    fn large_uploads_wait_in_the_queue_at_the_kept_size() {
+        let side = 2 * MAX_KEPT_SIDE;
+        let kept = decode_upload(&png(side, side)).unwrap();
+        assert_eq!((kept.width, kept.height), (1024, 1024));
+        assert_eq!(kept.rgb.len(), 1024 * 1024 * 3);
+        assert_eq!(&kept.rgb[..3], &[200, 10, 10]);
+        // An edit's repaint region (alpha 0) keeps its place and stays exactly transparent.
+        let edit = decode_edit_uploads(&rgba_png(side, side / 2), None).unwrap();
+        assert_eq!(edit.image.dimensions(), (1024, 1024));
+        assert_eq!(edit.image.get_pixel(511, 511)[3], 0);
+        assert_eq!(edit.image.get_pixel(512, 512)[3], 255);
+    }
+
     #[test]
     fn random_bodies_never_panic() {
         use rand::{Rng, SeedableRng};

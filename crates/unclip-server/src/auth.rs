@@ -59,20 +59,29 @@ pub async fn require_key(State(keys): State<ApiKeys>, request: Request, next: Ne
     if !keys.required() {
         return next.run(request).await;
     }
-    let presented = request
+    let header = request
         .headers()
         .get(AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "))
-        .map(str::trim);
-    match presented {
+        .map(|value| value.to_str().unwrap_or_default());
+    match header.map(bearer_token) {
         None => {
             ApiError::unauthorized("no API key: send the header `Authorization: Bearer YOUR_KEY`")
                 .into_response()
         }
-        Some(key) if keys.accepts(key.as_bytes()) => next.run(request).await,
-        Some(_) => ApiError::unauthorized("incorrect API key provided").into_response(),
+        Some(None) => ApiError::unauthorized(
+            "the Authorization header is not `Bearer YOUR_KEY`; API keys are sent as bearer tokens",
+        )
+        .into_response(),
+        Some(Some(key)) if keys.accepts(key.as_bytes()) => next.run(request).await,
+        Some(Some(_)) => ApiError::unauthorized("incorrect API key provided").into_response(),
     }
+}
+
+/// The token of a `Bearer` Authorization header (the scheme's name is case-insensitive, RFC
+/// 7235), if it is one.
+fn bearer_token(header: &str) -> Option<&str> {
+    let (scheme, token) = header.trim().split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
 }
 
 #[cfg(test)]
@@ -89,5 +98,14 @@ mod tests {
         assert!(!keys.accepts(b""));
         assert!(keys.required());
         assert!(!ApiKeys::default().required());
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_read_in_any_case() {
+        assert_eq!(bearer_token("Bearer sk-one"), Some("sk-one"));
+        assert_eq!(bearer_token("bearer  sk-one "), Some("sk-one"));
+        assert_eq!(bearer_token("BEARER sk-one"), Some("sk-one"));
+        assert_eq!(bearer_token("Basic c2stb25l"), None);
+        assert_eq!(bearer_token("sk-one"), None);
     }
 }

@@ -210,9 +210,11 @@ async fn variations(
         ));
     }
     // Decoding a large PNG takes a while: keep it off the async workers.
+    let decoding = decode_permit().await?;
     let image = tokio::task::spawn_blocking(move || api::decode_upload(&image))
         .await
         .map_err(|_| ApiError::internal("the image decoder failed"))??;
+    drop(decoding);
     let task = Task::Vary {
         image: Arc::new(image),
     };
@@ -239,10 +241,12 @@ async fn edits(
         ));
     }
     let mask = form.files.remove("mask");
+    let decoding = decode_permit().await?;
     let images =
         tokio::task::spawn_blocking(move || api::decode_edit_uploads(&image, mask.as_deref()))
             .await
             .map_err(|_| ApiError::internal("the image decoder failed"))??;
+    drop(decoding);
     let task = Task::Edit {
         image: images.image,
         mask: images.mask,
@@ -269,7 +273,7 @@ async fn read_form(mut form: Multipart, allowed: &[&str]) -> Result<Form, ApiErr
         } else {
             ApiError::request(
                 StatusCode::BAD_REQUEST,
-                format!("malformed multipart body: {}", e.body_text()),
+                format!("unreadable multipart body: {}", e.body_text()),
             )
         }
     };
@@ -296,29 +300,39 @@ async fn read_form(mut form: Multipart, allowed: &[&str]) -> Result<Form, ApiErr
 }
 
 async fn read_capped(mut field: Field<'_>, cap: usize, name: &str) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        let what = if FILE_FIELDS.contains(&name) {
+            "4 MB".to_string()
+        } else if name == "prompt" {
+            format!("{MAX_PROMPT_CHARS} characters")
+        } else {
+            format!("{cap} bytes")
+        };
+        // 400 naming the field (OpenAI's answer to an image over 4 MB) whichever limit is met
+        // first, this field's or the whole body's: the two race on how the upload arrives,
+        // and a client should see one answer for one file.
+        ApiError::invalid(
+            name.to_string(),
+            format!("`{name}` is larger than the maximum of {what}"),
+        )
+    };
     let mut bytes = Vec::new();
     loop {
         let chunk = field.chunk().await.map_err(|e| {
-            ApiError::request(
-                e.status(),
-                format!("malformed multipart body: {}", e.body_text()),
-            )
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                too_large()
+            } else {
+                ApiError::request(
+                    e.status(),
+                    format!("unreadable multipart body: {}", e.body_text()),
+                )
+            }
         })?;
         let Some(chunk) = chunk else {
             return Ok(bytes);
         };
         if bytes.len() + chunk.len() > cap {
-            let what = if FILE_FIELDS.contains(&name) {
-                "4 MB".to_string()
-            } else if name == "prompt" {
-                format!("{MAX_PROMPT_CHARS} characters")
-            } else {
-                format!("{cap} bytes")
-            };
-            return Err(ApiError::invalid(
-                name.to_string(),
-                format!("`{name}` is larger than the maximum of {what}"),
-            ));
+            return Err(too_large());
         }
         bytes.extend_from_slice(&chunk);
     }
@@ -445,4 +459,17 @@ async fn metrics_text(State(state): State<AppState>) -> Response {
 
 async fn page() -> Html<&'static str> {
     Html(include_str!("page.html"))
+}
+
+/// Uploads decoded at once. A decode of a 4096 px, 16-bit PNG needs about 128 MB for a moment;
+/// without a bound, a burst of small uploads multiplies that by the number of connections.
+const CONCURRENT_DECODES: usize = 2;
+
+static DECODES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(CONCURRENT_DECODES);
+
+async fn decode_permit() -> Result<tokio::sync::SemaphorePermit<'static>, ApiError> {
+    DECODES
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("the image decoder is shut down"))
 }
