@@ -112,7 +112,8 @@ pub struct TrainClipArgs {
 
 #[derive(Args)]
 pub struct TokenizerArgs {
-    /// A text file with one caption per line, or an image folder with .txt captions.
+    /// A text file with one caption per line, or a data set as training reads it (an image
+    /// folder with .txt captions, a .tar shard, a folder or pattern of shards).
     #[arg(long)]
     pub captions: PathBuf,
     #[arg(long, default_value_t = 4096)]

@@ -5,7 +5,7 @@ use crate::out_folder::require_new_or_empty;
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use unclip::clip::{load_clip_tensors, save_clip, ClipConfig, ClipLayout, ClipModel};
-use unclip::data::ImageFolder;
+use unclip::data::DataSource;
 use unclip::pipeline::ClipEmbedder;
 use unclip::tokenizer::{ClipTokenizer, TOKENIZER_FILES};
 
@@ -103,12 +103,15 @@ fn classify(args: ClassifyArgs) -> Result<()> {
 }
 
 fn tokenizer(args: TokenizerArgs) -> Result<()> {
-    let captions: Vec<String> = if args.captions.is_dir() {
-        ImageFolder::scan(&args.captions)?
-            .items
-            .into_iter()
-            .map(|i| i.caption)
-            .collect()
+    let is_text_file = args.captions.is_file()
+        && args
+            .captions
+            .extension()
+            .is_none_or(|e| !e.eq_ignore_ascii_case("tar"));
+    let captions: Vec<String> = if !is_text_file {
+        // A data set in any form training reads: a folder, shards, a shard pattern.
+        let source = DataSource::open(&args.captions.to_string_lossy())?;
+        unclip::data::captions(&source)?
     } else {
         std::fs::read_to_string(&args.captions)
             .with_context(|| format!("reading {}", args.captions.display()))?

@@ -68,7 +68,7 @@ pub struct ShapesArgs {
     /// Number of images; with --prompts, the number of images of each prompt.
     #[arg(long)]
     pub n: usize,
-    /// Output folder (created if missing; items with the same index are overwritten).
+    /// Output folder: a new or empty one (created if missing).
     #[arg(long)]
     pub out: PathBuf,
     #[arg(long, default_value_t = 0)]
@@ -198,6 +198,9 @@ fn describe(summary: &ShapesSummary, seconds: f64) -> String {
 }
 
 fn shapes_eval_prompts(args: ShapesEvalPromptsArgs) -> Result<()> {
+    if args.per_form == 0 {
+        anyhow::bail!("--per-form 0 would list no prompts; allowed: 1 or more");
+    }
     let holdout = Holdout::new(args.holdout)?;
     let prompts = holdout.evaluation_prompts(args.per_form, args.seed)?;
     let mut text = format!(

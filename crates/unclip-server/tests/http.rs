@@ -1033,7 +1033,10 @@ async fn bad_edit_requests_get_openai_errors() {
         .part("user", png_part(vec![0u8; 200 * 1024]));
     let response = client.post(&url).multipart(too_big).send().await.unwrap();
     let error = error_of(response, StatusCode::BAD_REQUEST).await;
-    assert!(error["param"] == "mask" || error["param"] == "user", "{error}");
+    assert!(
+        error["param"] == "mask" || error["param"] == "user",
+        "{error}"
+    );
     let wrong_method = client.get(&url).send().await.unwrap();
     error_of(wrong_method, StatusCode::METHOD_NOT_ALLOWED).await;
     server.shutdown().await.unwrap();

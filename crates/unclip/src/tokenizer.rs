@@ -89,6 +89,58 @@ fn special_token(config: &serde_json::Value, key: &str) -> Option<String> {
     }
 }
 
+/// The trained tokenizer with a token for every byte at the end of a word (`x</w>`).
+///
+/// The BPE trainer's alphabet holds each byte, but a byte's word-final form only if some
+/// caption ends a word with it; any other word-final byte then encodes as the unknown token,
+/// which is `<|endoftext|>`, and the text tower pools there: "a red circle!" would read as "a
+/// red circle" cut short. CLIP's own vocabulary holds all 512 forms, so these are appended
+/// (new ids after the trained ones; the merges are unchanged).
+fn with_every_word_final_byte(trained: &Tokenizer) -> Result<Tokenizer> {
+    let scratch = std::env::temp_dir().join(format!(
+        "unclip-bpe-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default()
+    ));
+    std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
+    let rebuilt = (|| {
+        trained
+            .get_model()
+            .save(&scratch, None)
+            .map_err(|e| tok_err("saving the trained vocabulary", e))?;
+        let vocab_path = scratch.join("vocab.json");
+        let text = std::fs::read_to_string(&vocab_path).map_err(|e| Error::io(&vocab_path, e))?;
+        let mut vocab: std::collections::BTreeMap<String, u32> =
+            serde_json::from_str(&text).map_err(|e| tok_err("trained vocabulary", e))?;
+        let mut next = vocab.values().max().map_or(0, |&id| id + 1);
+        for byte in ByteLevel::alphabet() {
+            let token = format!("{byte}</w>");
+            if !vocab.contains_key(&token) {
+                vocab.insert(token, next);
+                next += 1;
+            }
+        }
+        let text = serde_json::to_string(&vocab).map_err(|e| tok_err("vocabulary", e))?;
+        std::fs::write(&vocab_path, text).map_err(|e| Error::io(&vocab_path, e))?;
+        let merges_path = scratch.join("merges.txt");
+        let model = BPE::from_file(
+            &vocab_path.to_string_lossy(),
+            &merges_path.to_string_lossy(),
+        )
+        .end_of_word_suffix("</w>".into())
+        .continuing_subword_prefix(String::new())
+        .unk_token(END_OF_TEXT.into())
+        .build()
+        .map_err(|e| tok_err("completed vocabulary", e))?;
+        clip_pipeline(model)
+    })();
+    let _ = std::fs::remove_dir_all(&scratch);
+    rebuilt
+}
+
 fn clip_pipeline(model: BPE) -> Result<Tokenizer> {
     let mut tokenizer = Tokenizer::new(model);
     let whitespace = Replace::new(ReplacePattern::Regex(r"\s+".into()), " ")
@@ -294,8 +346,9 @@ impl ClipTokenizer {
                 "context length {context_length}; allowed: 2..=1024 (CLIP's is 77)"
             )));
         }
+        // Room for the word-final bytes `with_every_word_final_byte` adds after training.
         let trainer: BpeTrainer = BpeTrainer::builder()
-            .vocab_size(vocab_size)
+            .vocab_size(vocab_size - alphabet.len())
             .min_frequency(2)
             .show_progress(false)
             .special_tokens(vec![
@@ -315,6 +368,7 @@ impl ClipTokenizer {
         inner
             .train(&mut trainer, captions)
             .map_err(|e| tok_err("training", e))?;
+        let inner = with_every_word_final_byte(&inner)?;
         let id = |t: &str| {
             inner
                 .token_to_id(t)

@@ -258,10 +258,20 @@ pub fn decode_image(bytes: &[u8]) -> std::result::Result<image::DynamicImage, St
     reader.decode().map_err(|e| format!("{format:?}: {e}"))
 }
 
+/// The largest side a decoded picture is worked on at (see [`decode_rgb8`]).
+pub const MAX_WORKING_SIDE: u32 = 4096;
+
 /// Decodes image bytes to RGB. Transparent images are composited onto white, as transformers'
 /// `convert_to_rgb` does.
+///
+/// Pictures over [`MAX_WORKING_SIDE`] a side are first shrunk to fit it (an integer box filter
+/// on the decoded bytes): the processor resizes in f32, and at 16,000 px a side that alone
+/// needs gigabytes, for a 224 px input. Smaller pictures are untouched, so parity holds.
 pub fn decode_rgb8(bytes: &[u8]) -> std::result::Result<(Vec<u8>, usize, usize), String> {
-    let img = decode_image(bytes)?;
+    let mut img = decode_image(bytes)?;
+    if img.width().max(img.height()) > MAX_WORKING_SIDE {
+        img = img.thumbnail(MAX_WORKING_SIDE, MAX_WORKING_SIDE);
+    }
     let (w, h) = (img.width() as usize, img.height() as usize);
     if img.color().has_alpha() {
         let rgba = img.to_rgba8().into_raw();
@@ -348,5 +358,25 @@ mod tests {
         assert!(err.contains("unrecognised image format"), "{err}");
         let png_header_only = b"\x89PNG\r\n\x1a\n\0\0\0\rIHDR";
         assert!(decode_rgb8(png_header_only).is_err());
+    }
+
+    #[test]
+    fn huge_pictures_are_shrunk_to_the_working_side_keeping_their_shape() {
+        let encode = |w: u32, h: u32| {
+            let mut bytes = Vec::new();
+            image::GrayImage::from_pixel(w, h, image::Luma([90]))
+                .write_to(
+                    &mut std::io::Cursor::new(&mut bytes),
+                    image::ImageFormat::Png,
+                )
+                .unwrap();
+            bytes
+        };
+        let (rgb, w, h) = decode_rgb8(&encode(8192, 4100)).unwrap();
+        assert_eq!((w, h), (4096, 2050));
+        assert_eq!(rgb.len(), w * h * 3);
+        assert!(rgb.iter().all(|&v| v == 90));
+        let (_, w, h) = decode_rgb8(&encode(300, 4096)).unwrap();
+        assert_eq!((w, h), (300, 4096), "at the limit: untouched");
     }
 }

@@ -2,6 +2,7 @@
 //! whose same-stem `.txt` file holds its caption.
 
 use crate::error::{Error, Result};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 pub const IMAGE_EXTENSIONS: [&str; 4] = ["png", "jpg", "jpeg", "webp"];
@@ -26,7 +27,14 @@ fn is_image(path: &Path) -> bool {
         .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
 }
 
-fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+/// Lists the images under `dir`. Linked folders are followed, each real folder once: a link
+/// back up the tree (`sub/loop -> ..`) would otherwise list the data set again at every level
+/// until the path grows too long.
+fn walk(dir: &Path, out: &mut Vec<PathBuf>, seen: &mut HashSet<PathBuf>) -> Result<()> {
+    let real = dir.canonicalize().map_err(|e| Error::io(dir, e))?;
+    if !seen.insert(real) {
+        return Ok(());
+    }
     let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
         .map_err(|e| Error::io(dir, e))?
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -34,7 +42,7 @@ fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     entries.sort();
     for path in entries {
         if path.is_dir() {
-            walk(&path, out)?;
+            walk(&path, out, seen)?;
         } else if is_image(&path) {
             out.push(path);
         }
@@ -52,7 +60,7 @@ impl ImageFolder {
             )));
         }
         let mut images = Vec::new();
-        walk(root, &mut images)?;
+        walk(root, &mut images, &mut HashSet::new())?;
         let mut items = Vec::new();
         let mut uncaptioned = 0;
         for image in images {

@@ -428,8 +428,9 @@ pub fn run_training(
             },
             0,
             0,
-        )?
-        .next_batch(settings.batch_size, &device)?,
+        )
+        .and_then(|mut batches| batches.next_batch(settings.batch_size, &device))
+        .map_err(|e| Error::InvalidInput(format!("--val-data: {e}")))?,
         // Without held-out data, a fixed batch of the training data (a different shuffle).
         None => Batches::new(
             &source,

@@ -360,3 +360,23 @@ fn packages_become_shards_with_both_styles_in_the_same_split() {
     let captions = unclip::data::captions(&source).unwrap();
     assert!(captions.contains(&"waving hand: medium skin tone, a google-style emoji; hello, wave; people & body, hand fingers open".to_string()), "{captions:?}");
 }
+
+#[cfg(unix)]
+#[test]
+fn a_link_back_up_the_tree_lists_each_image_once() {
+    let dir = TempDir::new("link-loop");
+    let sub = dir.0.join("sub");
+    std::fs::create_dir_all(&sub).unwrap();
+    for (folder, name) in [(&dir.0, "a"), (&sub, "b")] {
+        std::fs::write(folder.join(format!("{name}.png")), png(1)).unwrap();
+        std::fs::write(folder.join(format!("{name}.txt")), "a caption").unwrap();
+    }
+    std::os::unix::fs::symlink("..", sub.join("loop")).unwrap();
+    let folder = unclip::data::ImageFolder::scan(&dir.0).unwrap();
+    let names: Vec<String> = folder
+        .items
+        .iter()
+        .map(|i| i.image.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, ["a.png", "b.png"]);
+}

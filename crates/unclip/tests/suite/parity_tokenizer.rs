@@ -109,4 +109,12 @@ fn trained_vocabulary_round_trips_through_its_files() {
         ClipTokenizer::train(corpus.iter(), 10, 16).is_err(),
         "too small a vocabulary is an error"
     );
+    // Every byte has its word-final token, so a word ending in a character the captions never
+    // ended one with does not encode as <|endoftext|> (where the text tower pools).
+    assert!(tok.vocab_size() <= 600, "{}", tok.vocab_size());
+    for text in ["a red circle!", "zzz", "a red circlq, then é"] {
+        let ids = tok.tokenize(text).unwrap();
+        assert!(!ids.contains(&tok.eos_id()), "{text}: {ids:?}");
+        assert_eq!(reloaded.tokenize(text).unwrap(), ids, "{text}");
+    }
 }
