@@ -318,9 +318,12 @@ fn check_png(bytes: &[u8], param: &'static str) -> Result<u32, ApiError> {
     if !bytes.starts_with(PNG_SIGNATURE) {
         return Err(bad(format!("`{param}` must be a PNG file")));
     }
-    let (width, height) = png_reader(bytes)
-        .into_dimensions()
-        .map_err(|e| bad(format!("`{param}` is not a readable PNG: {e}")))?;
+    // The header alone, without the decoding limits, so that a picture too large is named
+    // with its size below rather than as the decoder's "exceeds limit".
+    let (width, height) =
+        image::ImageReader::with_format(std::io::Cursor::new(bytes), image::ImageFormat::Png)
+            .into_dimensions()
+            .map_err(|e| bad(format!("`{param}` is not a readable PNG: {e}")))?;
     if width == 0 || height == 0 || width > MAX_IMAGE_SIDE || height > MAX_IMAGE_SIDE {
         return Err(bad(format!(
             "`{param}` is {width}x{height}; allowed: 1 to {MAX_IMAGE_SIDE} pixels a side"
@@ -666,7 +669,27 @@ mod tests {
         !crc
     }
 
-    /// Fuzz-style: random and mutated bodies never panic, and every failure is a 4xx.
+    /// A PNG whose header claims `side` x `side` (the pixels are those of a 1 x 1 picture).
+    fn claimed_size_png(side: u32) -> Vec<u8> {
+        let mut bytes = png(1, 1);
+        // IHDR's fields start at byte 16 (signature 8, length 4, type 4); its CRC follows them.
+        bytes[16..20].copy_from_slice(&side.to_be_bytes());
+        bytes[20..24].copy_from_slice(&side.to_be_bytes());
+        let crc = crc32(&bytes[12..29]);
+        bytes[29..33].copy_from_slice(&crc.to_be_bytes());
+        bytes
+    }
+
+    #[test]
+    fn a_picture_too_large_is_named_with_its_size() {
+        let err = decode_upload(&claimed_size_png(20_000)).unwrap_err();
+        assert!(
+            err.message.contains("20000x20000") && err.message.contains("4096"),
+            "{}",
+            err.message
+        );
+    }
+
     #[test]
     fn large_uploads_wait_in_the_queue_at_the_kept_size() {
         let side = 2 * MAX_KEPT_SIDE;
@@ -681,6 +704,7 @@ mod tests {
         assert_eq!(edit.image.get_pixel(512, 512)[3], 255);
     }
 
+    /// Fuzz-style: random and mutated bodies never panic, and every failure is a 4xx.
     #[test]
     fn random_bodies_never_panic() {
         use rand::{Rng, SeedableRng};

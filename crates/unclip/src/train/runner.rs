@@ -368,9 +368,18 @@ pub fn run_training(
             path: opts.out.join("checkpoints"),
             message: "--resume: no checkpoint to resume from".into(),
         })?;
-        let saved = read_progress(&dir)?;
+        // A checkpoint that does not read is most often one a full disk or a crash damaged;
+        // the one before it is intact (each is written under a temporary name, then renamed).
+        let damaged = |e: Error| Error::Checkpoint {
+            path: dir.clone(),
+            message: format!(
+                "--resume: this checkpoint does not read ({e}); if it is damaged, remove it to \
+                 resume from the one before"
+            ),
+        };
+        let saved = read_progress(&dir).map_err(damaged)?;
         check_fingerprint(&dir, &saved, stage.name(), &print)?;
-        let tensors = read_state_tensors(&dir, &device)?;
+        let tensors = read_state_tensors(&dir, &device).map_err(damaged)?;
         for (name, var) in &params {
             let t = tensors
                 .get(&format!("param.{name}"))
