@@ -118,8 +118,8 @@ fn with_every_word_final_byte(trained: &Tokenizer) -> Result<Tokenizer> {
         let mut next = vocab.values().max().map_or(0, |&id| id + 1);
         for byte in ByteLevel::alphabet() {
             let token = format!("{byte}</w>");
-            if !vocab.contains_key(&token) {
-                vocab.insert(token, next);
+            if let std::collections::btree_map::Entry::Vacant(slot) = vocab.entry(token) {
+                slot.insert(next);
                 next += 1;
             }
         }
