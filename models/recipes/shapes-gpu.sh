@@ -22,7 +22,9 @@ DEVICE=${DEVICE:-cuda}
 R=models/recipes
 START=$(date +%s)
 mkdir -p "$WORK"
-[ -d "$WORK/data/006" ] || "$UNCLIP" data shapes --n 50000 --seed 1 --out "$WORK/data" >/dev/null 2>&1
+# Data generation stops the script if it fails (a half-written $WORK/data is refused: remove it).
+[ -d "$WORK/data/006" ] || "$UNCLIP" data shapes --n 50000 --seed 1 --out "$WORK/data" >/dev/null \
+  || { echo "data shapes failed; remove $WORK/data and rerun" >&2; exit 1; }
 spec() { # name -> config batch lr init set
   case $1 in
     d64) echo "$R/decoder-shapes-64.json 64 0.0008 - -" ;;

@@ -103,6 +103,14 @@ fn classify(args: ClassifyArgs) -> Result<()> {
 }
 
 fn tokenizer(args: TokenizerArgs) -> Result<()> {
+    let spec = args.captions.to_string_lossy();
+    if !args.captions.exists() && !spec.contains('{') {
+        bail!(
+            "--captions {spec} does not exist; allowed: a text file with one caption per line, \
+             or data as `train` reads it (an image folder, a .tar shard, a folder or pattern of \
+             shards)"
+        );
+    }
     let is_text_file = args.captions.is_file()
         && args
             .captions
@@ -110,7 +118,7 @@ fn tokenizer(args: TokenizerArgs) -> Result<()> {
             .is_none_or(|e| !e.eq_ignore_ascii_case("tar"));
     let captions: Vec<String> = if !is_text_file {
         // A data set in any form training reads: a folder, shards, a shard pattern.
-        let source = DataSource::open(&args.captions.to_string_lossy())?;
+        let source = DataSource::open(&spec)?;
         unclip::data::captions(&source)?
     } else {
         std::fs::read_to_string(&args.captions)

@@ -372,19 +372,39 @@ fn decode_rgba(bytes: &[u8], param: &'static str) -> Result<(image::RgbaImage, b
         .decode()
         .map_err(|e| ApiError::invalid(param, format!("`{param}` is not a readable PNG: {e}")))?;
     let has_alpha = decoded.color().has_alpha();
-    let rgba = decoded.to_rgba8();
-    drop(decoded);
-    if rgba.width() <= MAX_KEPT_SIDE {
-        return Ok((rgba, has_alpha));
+    Ok((decoded.to_rgba8(), has_alpha))
+}
+
+/// `picture` at most [`MAX_KEPT_SIDE`] a side: each kept pixel the mean color of the square it
+/// stands for, and alpha 0 if any pixel of it was, so no part of the region to repaint (a
+/// thin stroke included) is lost.
+fn shrink_keeping_holes(picture: image::RgbaImage) -> image::RgbaImage {
+    let side = picture.width();
+    if side <= MAX_KEPT_SIDE {
+        return picture;
     }
-    // Nearest keeps alpha 0 exactly where it was: the region to repaint stays the same.
-    let kept = image::imageops::resize(
-        &rgba,
-        MAX_KEPT_SIDE,
-        MAX_KEPT_SIDE,
-        image::imageops::FilterType::Nearest,
-    );
-    Ok((kept, has_alpha))
+    let bounds = |i: u32| {
+        (
+            i * side / MAX_KEPT_SIDE,
+            ((i + 1) * side / MAX_KEPT_SIDE).max(i * side / MAX_KEPT_SIDE + 1),
+        )
+    };
+    image::RgbaImage::from_fn(MAX_KEPT_SIDE, MAX_KEPT_SIDE, |x, y| {
+        let ((x0, x1), (y0, y1)) = (bounds(x), bounds(y));
+        let (mut sum, mut alpha, mut n) = ([0u64; 3], 255u8, 0u64);
+        for sy in y0..y1 {
+            for sx in x0..x1 {
+                let p = picture.get_pixel(sx, sy);
+                for c in 0..3 {
+                    sum[c] += p[c] as u64;
+                }
+                alpha = alpha.min(p[3]);
+                n += 1;
+            }
+        }
+        let mean = |c: usize| ((sum[c] + n / 2) / n) as u8;
+        image::Rgba([mean(0), mean(1), mean(2), alpha])
+    })
 }
 
 /// The uploads of an edit, read as OpenAI's edits API reads them: the region to repaint is
@@ -409,7 +429,10 @@ pub fn decode_edit_uploads(image: &[u8], mask: Option<&[u8]>) -> Result<EditImag
                  nothing to repaint; allowed: alpha 0 where to repaint, or a `mask`",
             ));
         }
-        return Ok(EditImages { image, mask: None });
+        return Ok(EditImages {
+            image: shrink_keeping_holes(image),
+            mask: None,
+        });
     };
     let (mask, mask_has_alpha) = decode_rgba(mask, "mask")?;
     if mask.dimensions() != image.dimensions() {
@@ -438,9 +461,10 @@ pub fn decode_edit_uploads(image: &[u8], mask: Option<&[u8]>) -> Result<EditImag
              mask whose alpha is 0 where to repaint",
         ));
     }
+    // Checked at full size above; kept smaller while queued.
     Ok(EditImages {
-        image,
-        mask: Some(mask),
+        image: shrink_keeping_holes(image),
+        mask: Some(shrink_keeping_holes(mask)),
     })
 }
 
@@ -702,6 +726,14 @@ mod tests {
         assert_eq!(edit.image.dimensions(), (1024, 1024));
         assert_eq!(edit.image.get_pixel(511, 511)[3], 0);
         assert_eq!(edit.image.get_pixel(512, 512)[3], 255);
+        assert_eq!(&edit.image.get_pixel(700, 700).0[..3], &[10, 20, 30]);
+        // A one-pixel hole is not lost in the shrinking.
+        let edit = decode_edit_uploads(&rgba_png(side, 1), None).unwrap();
+        assert_eq!(edit.image.get_pixel(0, 0)[3], 0);
+        // Sizes are compared as uploaded, not as kept.
+        let err =
+            decode_edit_uploads(&rgba_png(side, 4), Some(&rgba_png(side / 2, 4))).unwrap_err();
+        assert!(err.message.contains("2048x2048"), "{}", err.message);
     }
 
     /// Fuzz-style: random and mutated bodies never panic, and every failure is a 4xx.

@@ -210,11 +210,14 @@ async fn variations(
         ));
     }
     // Decoding a large PNG takes a while: keep it off the async workers.
+    // The permit goes with the decode: a client that leaves does not end the decode.
     let decoding = decode_permit().await?;
-    let image = tokio::task::spawn_blocking(move || api::decode_upload(&image))
-        .await
-        .map_err(|_| ApiError::internal("the image decoder failed"))??;
-    drop(decoding);
+    let image = tokio::task::spawn_blocking(move || {
+        let _decoding = decoding;
+        api::decode_upload(&image)
+    })
+    .await
+    .map_err(|_| ApiError::internal("the image decoder failed"))??;
     let task = Task::Vary {
         image: Arc::new(image),
     };
@@ -242,11 +245,12 @@ async fn edits(
     }
     let mask = form.files.remove("mask");
     let decoding = decode_permit().await?;
-    let images =
-        tokio::task::spawn_blocking(move || api::decode_edit_uploads(&image, mask.as_deref()))
-            .await
-            .map_err(|_| ApiError::internal("the image decoder failed"))??;
-    drop(decoding);
+    let images = tokio::task::spawn_blocking(move || {
+        let _decoding = decoding;
+        api::decode_edit_uploads(&image, mask.as_deref())
+    })
+    .await
+    .map_err(|_| ApiError::internal("the image decoder failed"))??;
     let task = Task::Edit {
         image: images.image,
         mask: images.mask,

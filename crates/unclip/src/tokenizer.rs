@@ -89,6 +89,40 @@ fn special_token(config: &serde_json::Value, key: &str) -> Option<String> {
     }
 }
 
+/// A CLIP-style BPE tokenizer trained on `captions` with at most `vocab_size` tokens.
+fn train_bpe(captions: &[String], vocab_size: usize) -> Result<Tokenizer> {
+    let trainer: BpeTrainer = BpeTrainer::builder()
+        .vocab_size(vocab_size)
+        .min_frequency(2)
+        .show_progress(false)
+        .special_tokens(vec![
+            AddedToken::from(START_OF_TEXT, true),
+            AddedToken::from(END_OF_TEXT, true),
+        ])
+        .initial_alphabet(ByteLevel::alphabet().into_iter().collect())
+        .end_of_word_suffix("</w>".into())
+        .build();
+    let model = BPE::builder()
+        .end_of_word_suffix("</w>".into())
+        .unk_token(END_OF_TEXT.into())
+        .build()
+        .map_err(|e| tok_err("BPE", e))?;
+    let mut inner = clip_pipeline(model)?;
+    let mut trainer = TrainerWrapper::BpeTrainer(trainer);
+    inner
+        .train(&mut trainer, captions.iter())
+        .map_err(|e| tok_err("training", e))?;
+    Ok(inner)
+}
+
+/// How many bytes have no word-final token (`x</w>`) in `tokenizer`'s vocabulary.
+fn missing_word_final_bytes(tokenizer: &Tokenizer) -> usize {
+    ByteLevel::alphabet()
+        .into_iter()
+        .filter(|byte| tokenizer.token_to_id(&format!("{byte}</w>")).is_none())
+        .count()
+}
+
 /// The trained tokenizer with a token for every byte at the end of a word (`x</w>`).
 ///
 /// The BPE trainer's alphabet holds each byte, but a byte's word-final form only if some
@@ -346,28 +380,16 @@ impl ClipTokenizer {
                 "context length {context_length}; allowed: 2..=1024 (CLIP's is 77)"
             )));
         }
-        // Room for the word-final bytes `with_every_word_final_byte` adds after training.
-        let trainer: BpeTrainer = BpeTrainer::builder()
-            .vocab_size(vocab_size - alphabet.len())
-            .min_frequency(2)
-            .show_progress(false)
-            .special_tokens(vec![
-                AddedToken::from(START_OF_TEXT, true),
-                AddedToken::from(END_OF_TEXT, true),
-            ])
-            .initial_alphabet(alphabet.into_iter().collect())
-            .end_of_word_suffix("</w>".into())
-            .build();
-        let model = BPE::builder()
-            .end_of_word_suffix("</w>".into())
-            .unk_token(END_OF_TEXT.into())
-            .build()
-            .map_err(|e| tok_err("BPE", e))?;
-        let mut inner = clip_pipeline(model)?;
-        let mut trainer = TrainerWrapper::BpeTrainer(trainer);
-        inner
-            .train(&mut trainer, captions)
-            .map_err(|e| tok_err("training", e))?;
+        // The word-final bytes no caption ends a word with are added after training; they
+        // need room in the budget, and how many there are shows only after a first training
+        // (the alphabet part of a BPE vocabulary does not depend on the budget), so a corpus
+        // that lacks some is trained again with that many fewer merges.
+        let captions: Vec<String> = captions.map(|c| c.as_ref().to_string()).collect();
+        let mut inner = train_bpe(&captions, vocab_size)?;
+        let missing = missing_word_final_bytes(&inner);
+        if missing > 0 {
+            inner = train_bpe(&captions, vocab_size - missing)?;
+        }
         let inner = with_every_word_final_byte(&inner)?;
         let id = |t: &str| {
             inner

@@ -94,10 +94,20 @@ pub fn load_recipe_with<T: Serialize + DeserializeOwned>(
     Ok(recipe)
 }
 
+fn is_empty_default(value: &Value) -> bool {
+    match value {
+        Value::Bool(b) => !b,
+        Value::Array(items) => items.is_empty(),
+        Value::Object(fields) => fields.is_empty(),
+        _ => false,
+    }
+}
+
 /// The first field of `given` (dotted path) that the parsed recipe does not hold: the sections
 /// mirror diffusers/transformers configs, which read unknown keys without a word, so a
 /// misspelt `num_layer` would otherwise train the default silently. Null values are skipped
-/// (an unset optional field serialises as absent), as are diffusers' bookkeeping keys.
+/// (an unset optional field serialises as absent), as are false and empty ones (fields written
+/// only when set) and diffusers' bookkeeping keys.
 fn unread_field(given: &Value, parsed: &Value, prefix: &str) -> Option<String> {
     let (Value::Object(given), Value::Object(parsed)) = (given, parsed) else {
         return None;
@@ -108,6 +118,8 @@ fn unread_field(given: &Value, parsed: &Value, prefix: &str) -> Option<String> {
         }
         let path = format!("{prefix}{name}");
         match parsed.get(name) {
+            // A field left out of the output when it holds its default (false, empty).
+            None if is_empty_default(value) => {}
             None => return Some(path),
             Some(inner) => {
                 if let Some(found) = unread_field(value, inner, &format!("{path}.")) {

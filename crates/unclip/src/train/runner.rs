@@ -151,8 +151,10 @@ pub struct RunOptions {
     pub recipe: Option<serde_json::Value>,
 }
 
-/// What a run writes into its `--out`: a folder holding only these (a run refused before its
-/// first checkpoint) may be started again; anything else there is the user's, and kept.
+/// What a run writes into its `--out` before its first checkpoint: a folder holding only these
+/// (a run refused early) may be started again, as may one holding a tokenizer (`unclip
+/// tokenizer --out X`, then `train clip --tokenizer X --out X`); anything else there is the
+/// user's, and kept. Hidden files (`.DS_Store`, a killed save's temporary) do not count.
 const RUN_FILES: [&str; 5] = [
     "recipe.json",
     "train_log.jsonl",
@@ -296,8 +298,8 @@ pub fn check_run_options(opts: &RunOptions) -> Result<()> {
         }
         if let Some(other) = foreign_entry(&opts.out) {
             return Err(Error::InvalidInput(format!(
-                "--out {} is not empty and holds no training run (it has `{other}`); a run \
-                 writes its model there, so give a new or empty folder",
+                "--out {} is not empty and holds no checkpoint to --resume (it has `{other}`); \
+                 a run writes its model there, so give a new or empty folder",
                 opts.out.display()
             )));
         }
@@ -311,7 +313,11 @@ fn foreign_entry(out: &Path) -> Option<String> {
         .ok()?
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|name| !RUN_FILES.contains(&name.as_str()))
+        .find(|name| {
+            !name.starts_with('.')
+                && !RUN_FILES.contains(&name.as_str())
+                && !crate::tokenizer::TOKENIZER_FILES.contains(&name.as_str())
+        })
 }
 
 /// Trains `stage` as `settings` and `opts` say; `on_step` sees every step's log line.
@@ -405,14 +411,15 @@ pub fn run_training(
             .stop_at
             .map_or(opts.max_steps, |s| s.min(opts.max_steps));
         if saved.step >= end {
+            let limit = match opts.stop_at {
+                Some(stop) if stop < opts.max_steps => format!("--stop-at {stop}"),
+                _ => format!("--max-steps {}", opts.max_steps),
+            };
+            let flag = limit.split(' ').next().unwrap_or_default();
             return Err(Error::InvalidInput(format!(
                 "--resume: the run is at step {} already, and this one would end at step {end} \
-                 (--max-steps {}{}); raise --max-steps to train on",
-                saved.step,
-                opts.max_steps,
-                opts.stop_at
-                    .map(|s| format!(", --stop-at {s}"))
-                    .unwrap_or_default()
+                 ({limit}); raise {flag} to train on",
+                saved.step
             )));
         }
         (step, epoch, position, rng) = (saved.step, saved.epoch, saved.position, saved.rng);

@@ -73,7 +73,7 @@ pub fn remove_unfinished_checkpoints(out: &Path) -> Result<()> {
         let staging = path
             .file_name()
             .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with(".step-") && n.ends_with(".tmp"));
+            .is_some_and(|n| n.starts_with(".step-") && n.contains(".new-") && n.ends_with(".tmp"));
         if staging && path.is_dir() {
             std::fs::remove_dir_all(&path).map_err(|e| Error::io(&path, e))?;
         }
