@@ -126,8 +126,9 @@ pub struct TokenizerArgs {
 
 #[derive(Args)]
 pub struct ConvertArgs {
-    /// Source CLIP folder (any layout holding the towers you ask for).
-    #[arg(long)]
+    /// Source CLIP folder (any layout holding the towers you ask for), or a pipeline folder or
+    /// built-in model's name (its text_encoder/ or image_encoder/, for --layout text or vision).
+    #[arg(long, value_parser = crate::builtin_models::model_path)]
     pub model: PathBuf,
     /// full (CLIPModel), text (CLIPTextModelWithProjection) or vision (CLIPVisionModelWithProjection).
     #[arg(long, value_parser = ["full", "text", "vision"])]

@@ -156,7 +156,28 @@ fn convert(args: ConvertArgs) -> Result<()> {
         }
     }
     require_new_or_empty("--out", &args.out)?;
-    let model = ClipModel::load(&args.model, &Device::Cpu)?;
+    // A pipeline folder (a built-in model's name included) holds each tower in a folder of its
+    // own, with the tokenizer and image processor beside them.
+    let pipeline = args.model.join("model_index.json").is_file();
+    let (towers, tokenizer, processor) = if pipeline {
+        let tower = match layout {
+            ClipLayout::Text => "text_encoder",
+            ClipLayout::Vision => "image_encoder",
+            ClipLayout::Full => bail!(
+                "{} is a pipeline folder: it stores no logit_scale (CLIP's temperature), so it \
+                 cannot become a full CLIPModel; allowed: --layout text or vision",
+                args.model.display()
+            ),
+        };
+        (
+            args.model.join(tower),
+            args.model.join("tokenizer"),
+            args.model.join("feature_extractor"),
+        )
+    } else {
+        (args.model.clone(), args.model.clone(), args.model.clone())
+    };
+    let model = ClipModel::load(&towers, &Device::Cpu)?;
     let config: ClipConfig = model.config().clone();
     let wanted_text = matches!(layout, ClipLayout::Full | ClipLayout::Text);
     let wanted_vision = matches!(layout, ClipLayout::Full | ClipLayout::Vision);
@@ -167,13 +188,14 @@ fn convert(args: ConvertArgs) -> Result<()> {
             args.layout
         );
     }
-    let tensors = load_clip_tensors(&args.model, &Device::Cpu)?;
+    let tensors = load_clip_tensors(&towers, &Device::Cpu)?;
     save_clip(&args.out, &config, &tensors, layout)?;
-    for name in TOKENIZER_FILES
+    let extras = TOKENIZER_FILES
         .into_iter()
-        .chain(["preprocessor_config.json"])
-    {
-        let src = args.model.join(name);
+        .map(|name| (&tokenizer, name))
+        .chain([(&processor, "preprocessor_config.json")]);
+    for (dir, name) in extras {
+        let src = dir.join(name);
         if src.is_file() {
             std::fs::copy(&src, args.out.join(name))
                 .with_context(|| format!("copying {}", src.display()))?;

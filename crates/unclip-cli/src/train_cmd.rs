@@ -211,12 +211,13 @@ fn run<T: serde::Serialize>(
     })?;
     bar.finish();
     eprintln!(
-        "{}: steps {}..{} in {:.1}s, loss {:.4} -> {:.4}, {} unreadable records skipped; model, checkpoints, \
-         recipe.json, train_log.jsonl, loss.png and samples/ in {}",
+        "{}: steps {}..{} in {:.1}s on {}, loss {:.4} -> {:.4}, {} unreadable records skipped; model, \
+         checkpoints, recipe.json, train_log.jsonl, loss.png and samples/ in {}",
         summary.stage,
         summary.first_step,
         summary.steps,
         summary.seconds,
+        summary.data,
         summary.first_loss,
         summary.last_loss,
         summary.skipped_records,

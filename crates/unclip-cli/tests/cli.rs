@@ -642,6 +642,32 @@ fn converted_layouts_reload_and_embed() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("no vision tower"), "{}", stderr(&out));
+    // A pipeline's text tower converts to a folder that embeds as the pipeline does; a full
+    // CLIPModel needs the temperature no pipeline stores.
+    let pipeline = fixtures().join("unclip_tiny_variation");
+    let from_pipeline = dir.join("from-pipeline");
+    let convert = |layout: &str, out: &Path| {
+        unclip(&[
+            "convert",
+            "--model",
+            s(&pipeline),
+            "--layout",
+            layout,
+            "--out",
+            s(out),
+        ])
+    };
+    let out = convert("text", &from_pipeline);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let embed = |model: &Path| {
+        let out = unclip(&["embed", "--model", s(model), "--text", "a cat", "--json"]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        stdout(&out)
+    };
+    assert_eq!(embed(&from_pipeline), embed(&pipeline));
+    let out = convert("full", &dir.join("full-from-pipeline"));
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("logit_scale"), "{}", stderr(&out));
 }
 
 fn copy_dir(src: &Path, dst: &Path) {

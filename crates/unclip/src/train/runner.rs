@@ -183,6 +183,8 @@ pub struct RunSummary {
     pub last_loss: f32,
     pub skipped_records: u64,
     pub seconds: f64,
+    /// The training data as [`DataSource::describe`] names it (pairs found, images ignored).
+    pub data: String,
 }
 
 /// Batches from a data source, epoch after epoch, remembering the position for resuming.
@@ -332,6 +334,15 @@ pub fn run_training(
     let started = Instant::now();
     let device = stage.device().clone();
     let source = DataSource::open(&opts.data)?;
+    if let DataSource::Folder(folder) = &source {
+        if folder.len() < settings.batch_size {
+            tracing::warn!(
+                "a batch of {} from {} pairs: every batch repeats samples",
+                settings.batch_size,
+                folder.len()
+            );
+        }
+    }
     let val_source = opts
         .val_data
         .as_deref()
@@ -596,6 +607,7 @@ pub fn run_training(
         last_loss,
         skipped_records: batches.skipped(),
         seconds: started.elapsed().as_secs_f64(),
+        data: source.describe(),
     })
 }
 
