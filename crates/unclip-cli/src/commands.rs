@@ -3,8 +3,8 @@
 use crate::cli::{ClassifyArgs, Cli, Command, ConvertArgs, EmbedArgs, TokenizerArgs, TrainCommand};
 use crate::out_folder::require_new_or_empty;
 use anyhow::{bail, Context, Result};
-use candle_core::Device;
-use unclip::clip::{load_clip_tensors, save_clip, ClipConfig, ClipLayout, ClipModel};
+use candle_core::{DType, Device};
+use unclip::clip::{load_clip_tensors, save_clip, ClipConfig, ClipLayout, ClipModel, WEIGHTS_FILE};
 use unclip::data::DataSource;
 use unclip::pipeline::ClipEmbedder;
 use unclip::tokenizer::{ClipTokenizer, TOKENIZER_FILES};
@@ -144,6 +144,17 @@ fn tokenizer(args: TokenizerArgs) -> Result<()> {
     Ok(())
 }
 
+/// The floating-point dtype a safetensors file stores its weights in (f32 if it holds none).
+fn stored_float_dtype(path: &std::path::Path) -> Result<DType> {
+    let tensors = candle_core::safetensors::load(path, &Device::Cpu)
+        .with_context(|| format!("reading {}", path.display()))?;
+    Ok(tensors
+        .values()
+        .map(|t| t.dtype())
+        .find(|d| d.is_float())
+        .unwrap_or(DType::F32))
+}
+
 fn convert(args: ConvertArgs) -> Result<()> {
     let layout = ClipLayout::parse(&args.layout)?;
     if let (Ok(model), Ok(out)) = (args.model.canonicalize(), args.out.canonicalize()) {
@@ -188,7 +199,12 @@ fn convert(args: ConvertArgs) -> Result<()> {
             args.layout
         );
     }
-    let tensors = load_clip_tensors(&towers, &Device::Cpu)?;
+    // Written in the dtype the source stores, so an f16 model stays f16 (and half the size).
+    let stored = stored_float_dtype(&towers.join(WEIGHTS_FILE))?;
+    let tensors = load_clip_tensors(&towers, &Device::Cpu)?
+        .into_iter()
+        .map(|(name, t)| Ok((name, t.to_dtype(stored)?)))
+        .collect::<Result<Vec<_>>>()?;
     save_clip(&args.out, &config, &tensors, layout)?;
     let extras = TOKENIZER_FILES
         .into_iter()

@@ -668,6 +668,24 @@ fn converted_layouts_reload_and_embed() {
     let out = convert("full", &dir.join("full-from-pipeline"));
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("logit_scale"), "{}", stderr(&out));
+    // A model stored in f16 (the built-in ones) is written in f16.
+    let shapes_text = dir.join("shapes-text");
+    let out = unclip(&[
+        "convert",
+        "--model",
+        s(&fixtures().join("../../../models/shapes")),
+        "--layout",
+        "text",
+        "--out",
+        s(&shapes_text),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let tensors =
+        candle_core::safetensors::load(shapes_text.join("model.safetensors"), &Device::Cpu)
+            .unwrap();
+    assert!(tensors
+        .values()
+        .all(|t| t.dtype() == candle_core::DType::F16));
 }
 
 fn copy_dir(src: &Path, dst: &Path) {
