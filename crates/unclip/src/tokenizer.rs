@@ -131,48 +131,29 @@ fn missing_word_final_bytes(tokenizer: &Tokenizer) -> usize {
 /// red circle" cut short. CLIP's own vocabulary holds all 512 forms, so these are appended
 /// (new ids after the trained ones; the merges are unchanged).
 fn with_every_word_final_byte(trained: &Tokenizer) -> Result<Tokenizer> {
-    let scratch = std::env::temp_dir().join(format!(
-        "unclip-bpe-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or_default()
-    ));
-    std::fs::create_dir_all(&scratch).map_err(|e| Error::io(&scratch, e))?;
-    let rebuilt = (|| {
-        trained
-            .get_model()
-            .save(&scratch, None)
-            .map_err(|e| tok_err("saving the trained vocabulary", e))?;
-        let vocab_path = scratch.join("vocab.json");
-        let text = std::fs::read_to_string(&vocab_path).map_err(|e| Error::io(&vocab_path, e))?;
-        let mut vocab: std::collections::BTreeMap<String, u32> =
-            serde_json::from_str(&text).map_err(|e| tok_err("trained vocabulary", e))?;
-        let mut next = vocab.values().max().map_or(0, |&id| id + 1);
-        for byte in ByteLevel::alphabet() {
-            let token = format!("{byte}</w>");
-            if let std::collections::btree_map::Entry::Vacant(slot) = vocab.entry(token) {
-                slot.insert(next);
-                next += 1;
-            }
+    // The tokenizer's own JSON form, edited in place: its pipeline and merges stay as trained.
+    let text = trained
+        .to_string(false)
+        .map_err(|e| tok_err("serialise", e))?;
+    let mut json: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| tok_err("trained tokenizer", e))?;
+    let vocab = json["model"]["vocab"]
+        .as_object_mut()
+        .ok_or_else(|| Error::Tokenizer("trained tokenizer has no model.vocab".into()))?;
+    let mut next = vocab
+        .values()
+        .filter_map(|id| id.as_u64())
+        .max()
+        .map_or(0, |id| id + 1);
+    for byte in ByteLevel::alphabet() {
+        if let serde_json::map::Entry::Vacant(slot) = vocab.entry(format!("{byte}</w>")) {
+            slot.insert(next.into());
+            next += 1;
         }
-        let text = serde_json::to_string(&vocab).map_err(|e| tok_err("vocabulary", e))?;
-        std::fs::write(&vocab_path, text).map_err(|e| Error::io(&vocab_path, e))?;
-        let merges_path = scratch.join("merges.txt");
-        let model = BPE::from_file(
-            &vocab_path.to_string_lossy(),
-            &merges_path.to_string_lossy(),
-        )
-        .end_of_word_suffix("</w>".into())
-        .continuing_subword_prefix(String::new())
-        .unk_token(END_OF_TEXT.into())
-        .build()
-        .map_err(|e| tok_err("completed vocabulary", e))?;
-        clip_pipeline(model)
-    })();
-    let _ = std::fs::remove_dir_all(&scratch);
-    rebuilt
+    }
+    json.to_string()
+        .parse::<Tokenizer>()
+        .map_err(|e| tok_err("completed vocabulary", e))
 }
 
 fn clip_pipeline(model: BPE) -> Result<Tokenizer> {

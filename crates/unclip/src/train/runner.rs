@@ -422,14 +422,13 @@ pub fn run_training(
             .stop_at
             .map_or(opts.max_steps, |s| s.min(opts.max_steps));
         if saved.step >= end {
-            let limit = match opts.stop_at {
-                Some(stop) if stop < opts.max_steps => format!("--stop-at {stop}"),
-                _ => format!("--max-steps {}", opts.max_steps),
+            let flag = match opts.stop_at {
+                Some(stop) if stop < opts.max_steps => "--stop-at",
+                _ => "--max-steps",
             };
-            let flag = limit.split(' ').next().unwrap_or_default();
             return Err(Error::InvalidInput(format!(
                 "--resume: the run is at step {} already, and this one would end at step {end} \
-                 ({limit}); raise {flag} to train on",
+                 ({flag} {end}); raise {flag} to train on",
                 saved.step
             )));
         }
