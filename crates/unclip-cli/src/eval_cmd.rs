@@ -60,7 +60,8 @@ pub struct EvalSamplingArgs {
     #[arg(long)]
     pub prior_candidates: Option<usize>,
     /// Decode this many images per image and keep the one CLIP finds closest to the prompt
-    /// (needs the model's image_encoder/) [default: the model's sampling.json, else 1]
+    /// (its ranker/ CLIP if it has one, else its image_encoder/) [default: the model's
+    /// sampling.json, else 1]
     #[arg(long)]
     pub image_candidates: Option<usize>,
     /// Where to compute: cpu, or cuda / cuda:N in a build with `--features cuda`.

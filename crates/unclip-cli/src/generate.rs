@@ -98,7 +98,8 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 1)]
     pub prior_candidates: usize,
     /// Decode this many images per image and keep the one CLIP finds closest to the prompt
-    /// (needs the model's image_encoder/) [default: the model's sampling.json, else 1]
+    /// (its ranker/ CLIP if it has one, else its image_encoder/) [default: the model's
+    /// sampling.json, else 1]
     #[arg(long)]
     pub image_candidates: Option<usize>,
     #[command(flatten)]

@@ -120,6 +120,12 @@ pub struct AssembleArgs {
     /// (decoder guidance 8), which suit a briefly trained decoder badly.
     #[arg(long)]
     pub sampling: Option<PathBuf>,
+    /// A CLIP that ranks image candidates (`--image-candidates`, or `image_candidates` in the
+    /// sampling file) instead of the pipeline's own: a CLIPModel folder (`unclip train clip`'s
+    /// output, e.g. fine-tuned with hard negatives), or a pipeline folder whose `ranker/` is
+    /// copied. It is stored as `ranker/`.
+    #[arg(long, value_parser = crate::builtin_models::model_path)]
+    pub ranker: Option<PathBuf>,
     /// Storage precision of the weights written (every loader computes in f32 regardless):
     /// f16 halves the folder, as the built-in models use.
     #[arg(long, default_value = "f32", value_parser = ["f32", "f16", "bf16"])]
@@ -310,6 +316,7 @@ pub fn assemble_command(args: AssembleArgs) -> Result<()> {
         decoder: &args.decoder,
         upsampler: args.upsampler.as_deref(),
         sampling: args.sampling.as_deref(),
+        ranker: args.ranker.as_deref(),
     };
     assemble(&parts, &args.out)?;
     let dtype = parse_storage_dtype(&args.dtype)?;

@@ -23,18 +23,19 @@ pub fn contrastive_loss(logits_per_text: &Tensor) -> Result<Tensor> {
     contrastive_loss_with_negatives(logits_per_text)
 }
 
-/// The contrastive loss when `logits_per_text` (N + M, N) holds N captions, one per image,
-/// followed by M negative captions that match no image: each image's softmax runs over all
-/// N + M captions, each of the N captions' over the N images.
+/// The contrastive loss when `logits_per_text` (N + M, N + U) holds N captions paired with the
+/// first N images, followed by M negative captions that match no image, and U negative images
+/// that match no caption (one of M and U is 0): each paired image's softmax runs over all
+/// captions, each paired caption's over all images.
 pub fn contrastive_loss_with_negatives(logits_per_text: &Tensor) -> Result<Tensor> {
     let (rows, images) = logits_per_text.dims2()?;
-    if rows < images {
-        candle_core::bail!(
-            "contrastive loss needs a caption per image, got {rows} captions for {images} images"
-        );
+    let paired = rows.min(images);
+    if paired == 0 {
+        candle_core::bail!("contrastive loss needs at least one caption and one image");
     }
-    let caption_loss = diagonal_cross_entropy(&logits_per_text.narrow(0, 0, images)?)?;
-    let image_loss = diagonal_cross_entropy(&logits_per_text.t()?.contiguous()?)?;
+    let caption_loss = diagonal_cross_entropy(&logits_per_text.narrow(0, 0, paired)?)?;
+    let image_loss =
+        diagonal_cross_entropy(&logits_per_text.t()?.contiguous()?.narrow(0, 0, paired)?)?;
     (caption_loss + image_loss)? / 2.0
 }
 
@@ -69,8 +70,24 @@ mod tests {
         let with_hard = contrastive_loss_with_negatives(&hard)?.to_scalar::<f32>()?;
         assert!(with_hard > plain + 0.25, "{with_hard} vs {plain}");
         assert!(
-            contrastive_loss_with_negatives(&Tensor::zeros((1, 2), DType::F32, &dev)?).is_err()
+            contrastive_loss_with_negatives(&Tensor::zeros((0, 2), DType::F32, &dev)?).is_err()
         );
+        Ok(())
+    }
+
+    #[test]
+    fn negative_images_only_add_to_the_caption_side() -> Result<()> {
+        let dev = Device::Cpu;
+        let square = Tensor::new(&[[2f32, 0.5], [-1.0, 1.5]], &dev)?;
+        let plain = contrastive_loss(&square)?.to_scalar::<f32>()?;
+        // A third image that no caption owns: far from every caption, it changes nothing ...
+        let easy = Tensor::new(&[[2f32, 0.5, -50.0], [-1.0, 1.5, -50.0]], &dev)?;
+        let with_easy = contrastive_loss_with_negatives(&easy)?.to_scalar::<f32>()?;
+        assert!((with_easy - plain).abs() < 1e-6);
+        // ... scored like the first caption's own image, it costs that caption about ln 2.
+        let hard = Tensor::new(&[[2f32, 0.5, 2.0], [-1.0, 1.5, -50.0]], &dev)?;
+        let with_hard = contrastive_loss_with_negatives(&hard)?.to_scalar::<f32>()?;
+        assert!(with_hard > plain + 0.1, "{with_hard} vs {plain}");
         Ok(())
     }
 }

@@ -10,11 +10,11 @@ use crate::checkpoint::{replace_dir, write_atomic};
 use crate::clip::{load_clip_tensors, save_clip, ClipLayout, ClipModel, PROCESSOR_FILE};
 use crate::error::{Error, Result};
 use crate::pipeline::{
-    GenerateOptions, UnclipPipeline, DECODER_TEXT_ENCODER, SAMPLING_DEFAULTS_FILE,
+    GenerateOptions, Ranker, UnclipPipeline, DECODER_TEXT_ENCODER, RANKER, SAMPLING_DEFAULTS_FILE,
 };
 use crate::tokenizer::TOKENIZER_FILES;
 use candle_core::Device;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     std::fs::create_dir_all(dst).map_err(|e| Error::io(dst, e))?;
@@ -49,6 +49,9 @@ pub struct PipelineParts<'a> {
     /// A `sampling.json` to ship with the pipeline (the sampling settings its weights want);
     /// without one, `generate` samples the folder with Karlo's defaults.
     pub sampling: Option<&'a Path>,
+    /// A CLIP for ranking image candidates (`ranker/`): a CLIPModel folder, or a pipeline
+    /// folder whose `ranker/` is copied.
+    pub ranker: Option<&'a Path>,
 }
 
 /// The CLIP parts of a pipeline folder, in the order `model_index.json` lists them.
@@ -124,6 +127,9 @@ pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
         }
     }
     check_stage_folders(parts)?;
+    if let Some(ranker) = parts.ranker {
+        Ranker::load(&ranker_source(ranker)?, &Device::Cpu)?;
+    }
     if let Some(sampling) = parts.sampling {
         if !sampling.is_file() {
             return Err(Error::InvalidInput(format!(
@@ -144,6 +150,9 @@ pub fn assemble(parts: &PipelineParts, out: &Path) -> Result<()> {
             std::fs::copy(sampling, &target).map_err(|e| Error::io(sampling, e))?;
         }
         write_stage_parts(parts, tmp)?;
+        if let Some(ranker) = parts.ranker {
+            write_ranker(&ranker_source(ranker)?, &tmp.join(RANKER))?;
+        }
         // Each part loads on its own; whether their widths agree shows only together, and a
         // pipeline folder that `generate` refuses is no use to write.
         UnclipPipeline::load(tmp, &Device::Cpu).map_err(|e| {
@@ -208,6 +217,40 @@ fn write_clip_parts(clip_dir: &Path, tmp: &Path) -> Result<()> {
     if processor.is_file() {
         std::fs::copy(&processor, features.join(PROCESSOR_FILE))
             .map_err(|e| Error::io(&processor, e))?;
+    }
+    Ok(())
+}
+
+/// The CLIPModel folder a `--ranker` names: itself, or a pipeline folder's `ranker/`.
+fn ranker_source(dir: &Path) -> Result<PathBuf> {
+    if !is_pipeline_folder(dir) {
+        return Ok(dir.to_path_buf());
+    }
+    let inside = dir.join(RANKER);
+    if inside.is_dir() {
+        Ok(inside)
+    } else {
+        Err(Error::Checkpoint {
+            path: dir.to_path_buf(),
+            message: format!(
+                "a pipeline folder given as the ranker needs `{RANKER}/`; allowed: a CLIPModel \
+                 folder (the output of `unclip train clip`) or a pipeline folder with `{RANKER}/`"
+            ),
+        })
+    }
+}
+
+/// The ranking CLIP's weights, tokenizer and image processor, without a training run's
+/// checkpoints and logs. Left out of model_index.json, as `decoder_text_encoder/` is.
+fn write_ranker(clip_dir: &Path, out: &Path) -> Result<()> {
+    let clip = ClipModel::load(clip_dir, &Device::Cpu)?;
+    let tensors = load_clip_tensors(clip_dir, &Device::Cpu)?;
+    save_clip(out, clip.config(), &tensors, ClipLayout::Full)?;
+    for name in TOKENIZER_FILES.iter().chain([&PROCESSOR_FILE]) {
+        let src = clip_dir.join(name);
+        if src.is_file() {
+            std::fs::copy(&src, out.join(name)).map_err(|e| Error::io(&src, e))?;
+        }
     }
     Ok(())
 }

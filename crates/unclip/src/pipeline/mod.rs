@@ -3,6 +3,7 @@
 mod assemble;
 mod edits;
 mod embed;
+mod ranker;
 mod sampling;
 mod sampling_defaults;
 mod unclip;
@@ -13,6 +14,7 @@ pub use edits::{
     DEFAULT_INVERSION_REFINEMENTS,
 };
 pub use embed::{ClipEmbedder, Embeddings};
+pub use ranker::{Ranker, RANKER};
 pub use sampling::{sample_loop, Progress, Stage};
 pub use sampling_defaults::{SamplingDefaults, SAMPLING_DEFAULTS_FILE};
 pub use unclip::{GenerateOptions, UnclipPipeline, DECODER_TEXT_ENCODER};

@@ -5,6 +5,7 @@
 //! `tokenizer/`, the three schedulers; variations add `image_encoder/` and `feature_extractor/`).
 //! Reference order of operations: diffusers `pipelines/deprecated/unclip/pipeline_unclip.py`.
 
+use super::ranker::{Ranker, RANKER};
 use super::sampling::{sample_loop, Progress, Stage};
 use crate::checkpoint::read_config;
 use crate::clip::{ClipImageProcessor, ClipModel};
@@ -139,6 +140,9 @@ pub struct UnclipPipeline {
     /// decoder), read by the decoder instead of `text_encoder`'s token states. Not part of
     /// diffusers' layout, which ignores the folder; Karlo's pipelines have none.
     pub decoder_text_encoder: Option<ClipModel>,
+    /// A CLIP of its own for ranking image candidates (`ranker/`); without one, the pipeline's
+    /// `text_encoder/` and `image_encoder/` rank.
+    pub ranker: Option<Ranker>,
     dir: PathBuf,
     device: Device,
 }
@@ -227,6 +231,11 @@ impl UnclipPipeline {
         } else {
             None
         };
+        let ranker = if dir.join(RANKER).is_dir() {
+            Some(Ranker::load(&dir.join(RANKER), device)?)
+        } else {
+            None
+        };
         let pipeline = Self {
             tokenizer,
             text_encoder,
@@ -241,6 +250,7 @@ impl UnclipPipeline {
             image_encoder,
             feature_extractor,
             decoder_text_encoder,
+            ranker,
             dir: dir.to_path_buf(),
             device: device.clone(),
         };
@@ -279,6 +289,7 @@ impl UnclipPipeline {
             image_encoder: None,
             feature_extractor: None,
             decoder_text_encoder: None,
+            ranker: None,
             dir: dir.to_path_buf(),
             device: device.clone(),
         };
@@ -611,13 +622,12 @@ impl UnclipPipeline {
         self.require_prior()?;
         let k = opts.image_candidates;
         if k > 1 {
-            self.image_tower("ranking image candidates (image_candidates > 1)")?;
+            self.require_ranking_towers()?;
         }
         let guided = opts.prior_guidance > 1.0 || opts.decoder_guidance > 1.0;
         let n = opts.images_per_prompt;
         let cond = self.encode_text(prompts, n * k)?;
         let batch = cond.embeds.dim(0)?;
-        let text_embeds = cond.embeds.clone();
         let text = if guided {
             self.with_unconditional(cond)?
         } else {
@@ -627,7 +637,7 @@ impl UnclipPipeline {
         let image_embeddings = self.sample_prior(&text, batch, guided, opts, noise, progress)?;
         let small = self.decode_small(&image_embeddings, &text, guided, opts, noise, progress)?;
         let small = if k > 1 {
-            let picks = self.closest_to_text(&small, &text_embeds, k)?;
+            let picks = self.best_image_candidates(&small, prompts, n, k)?;
             let picks: Vec<u32> = picks.iter().map(|&i| i as u32).collect();
             small.index_select(&Tensor::new(picks.as_slice(), small.device())?, 0)?
         } else {
@@ -637,8 +647,8 @@ impl UnclipPipeline {
     }
 
     /// CLIP reranking on its own: for each prompt, which of its k images (rows
-    /// `i·k .. i·k + k` of `images`, (B, C, h, w) in [-1, 1]) CLIP finds closest to it, as
-    /// indices into `images`.
+    /// `i·k .. i·k + k` of `images`, (B, C, h, w) in [-1, 1]) the ranking CLIP finds closest
+    /// to it, as indices into `images`.
     pub fn closest_to_prompts<S: AsRef<str>>(
         &self,
         images: &Tensor,
@@ -653,51 +663,76 @@ impl UnclipPipeline {
                 prompts.len()
             )));
         }
-        let text = self.encode_text(prompts, k)?;
-        self.closest_to_text(images, &text.embeds, k)
+        self.best_image_candidates(images, prompts, 1, k)
     }
 
-    /// Per group of k decoder samples (B, C, h, w) in [-1, 1], the index of the one whose CLIP
-    /// image embedding has the highest cosine similarity with its row of `text_embeds` (B, D).
-    fn closest_to_text(
+    /// Which CLIP ranks: `ranker/` when the pipeline has one, else its own two towers.
+    fn require_ranking_towers(&self) -> Result<()> {
+        if self.ranker.is_some() || self.image_encoder.is_some() {
+            return Ok(());
+        }
+        Err(Error::Checkpoint {
+            path: self.dir.clone(),
+            message: "the pipeline has neither `ranker/` nor `image_encoder/`, one of which \
+                      ranking image candidates (image_candidates > 1) needs"
+                .into(),
+        })
+    }
+
+    /// Text embeddings (P, D) of the prompts and image embeddings (B, D) of the samples
+    /// (B, C, h, w) in [-1, 1], both from the ranking CLIP.
+    fn ranking_embeddings<S: AsRef<str>>(
         &self,
         samples: &Tensor,
-        text_embeds: &Tensor,
+        prompts: &[S],
+    ) -> Result<(Tensor, Tensor)> {
+        self.require_ranking_towers()?;
+        let images = to_rgb8(&to_images(samples)?)?;
+        match &self.ranker {
+            Some(ranker) => Ok((
+                ranker.text_embeddings(prompts)?,
+                ranker.image_embeddings(&images)?,
+            )),
+            None => Ok((
+                self.encode_text(prompts, 1)?.embeds,
+                self.image_embeddings_of(&images)?,
+            )),
+        }
+    }
+
+    /// Rows of `samples` come as prompts × `per_prompt` images × `k` candidates; per group of
+    /// k, the index (into `samples`) of the candidate whose ranking-CLIP image embedding has
+    /// the highest cosine similarity with its prompt's text embedding.
+    fn best_image_candidates<S: AsRef<str>>(
+        &self,
+        samples: &Tensor,
+        prompts: &[S],
+        per_prompt: usize,
         k: usize,
     ) -> Result<Vec<usize>> {
-        self.image_tower("ranking image candidates")?;
-        let images = to_rgb8(&to_images(samples)?)?;
-        let image_embeds = self.image_embeddings_of(&images)?;
+        let (text, images) = self.ranking_embeddings(samples, prompts)?;
         let normalise = |t: &Tensor| -> Result<Tensor> {
             let norm = t.sqr()?.sum_keepdim(D::Minus1)?.sqrt()?;
             Ok(t.broadcast_div(&norm.clamp(1e-12, f64::MAX)?)?)
         };
-        let cosine = normalise(&image_embeds)?
-            .mul(&normalise(text_embeds)?)?
-            .sum(D::Minus1)?
-            .to_vec1::<f32>()?;
-        let picks: Vec<usize> = cosine
-            .chunks(k)
-            .enumerate()
-            .map(|(group, scores)| {
-                let best = scores
-                    .iter()
-                    .enumerate()
-                    .fold(
-                        (0, f32::NEG_INFINITY),
-                        |acc, (i, &s)| {
-                            if s > acc.1 {
-                                (i, s)
-                            } else {
-                                acc
-                            }
-                        },
-                    )
-                    .0;
-                group * k + best
+        // (B, P): every candidate against every prompt; each row reads its own prompt's column.
+        let cosine = normalise(&images)?
+            .matmul(&normalise(&text)?.t()?)?
+            .to_vec2::<f32>()?;
+        let own = |row: usize| cosine[row][row / (per_prompt * k)];
+        Ok((0..cosine.len() / k)
+            .map(|group| {
+                (group * k..group * k + k)
+                    .fold((group * k, f32::NEG_INFINITY), |best, row| {
+                        if own(row) > best.1 {
+                            (row, own(row))
+                        } else {
+                            best
+                        }
+                    })
+                    .0
             })
-            .collect();
-        Ok(picks)
+            .collect())
     }
 
     /// Image variations: embed each image with CLIP and decode again.

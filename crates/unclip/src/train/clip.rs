@@ -33,7 +33,8 @@ pub struct ClipRecipe {
     /// Size of the BPE vocabulary trained from the captions when no tokenizer is given.
     pub vocab_size: usize,
     pub clip: ClipConfig,
-    /// Extra negative captions per batch: "none" (the default), "shapes" or "word-swap".
+    /// Extra negatives per batch: "none" (the default), "shapes", "shapes-rounded" or
+    /// "word-swap".
     #[serde(default)]
     pub hard_negatives: HardNegatives,
 }
@@ -172,12 +173,18 @@ impl TrainStage for ClipStage {
             .tokenizer
             .encode_batch(&captions)?
             .to_tensors(batch.pixels.device())?;
-        let batch_pixels = if negatives.scenes.is_empty() {
-            batch.pixels.clone()
-        } else {
-            let scenes = self.scene_pixels(&negatives.scenes, batch.pixels.device())?;
-            Tensor::cat(&[&batch.pixels, &scenes], 0)?
-        };
+        let mut images = vec![batch.pixels.clone()];
+        if !negatives.scenes.is_empty() {
+            images.push(self.scene_pixels(&negatives.scenes, batch.pixels.device())?);
+        }
+        // Last: they pair with no caption.
+        if let Some(rounded) =
+            self.hard_negatives
+                .rounded_images(&batch.pixels, &batch.captions, rng)?
+        {
+            images.push(rounded);
+        }
+        let batch_pixels = Tensor::cat(&images, 0)?;
         // Pixels arrive in [-1, 1]; CLIP normalises [0, 1] with the processor's mean and std.
         let p = &self.processor;
         let mean = Tensor::new(&p.image_mean, batch.pixels.device())?.reshape((1, 3, 1, 1))?;

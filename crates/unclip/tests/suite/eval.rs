@@ -548,3 +548,58 @@ fn reranking_picks_the_candidate_that_shows_the_prompt() {
         .to_string();
     assert!(err.contains("12 images for 3 prompts"), "{err}");
 }
+
+#[test]
+fn the_shapes_ranker_tells_a_pair_from_its_colors_on_the_wrong_shapes() {
+    // Held-out pair prompts, each beside the same words with the two shapes exchanged: a
+    // bag-of-words CLIP cannot tell them apart, the built-in model's `ranker/` must.
+    let pipeline = UnclipPipeline::load(&shapes_model(), &Device::Cpu).unwrap();
+    assert!(pipeline.ranker.is_some(), "models/shapes has a ranker/");
+    let pairs = [
+        (
+            "a red triangle and a blue square",
+            "a red square and a blue triangle",
+        ),
+        (
+            "a red circle and a green triangle",
+            "a red triangle and a green circle",
+        ),
+        (
+            "a purple triangle and a yellow circle",
+            "a purple circle and a yellow triangle",
+        ),
+        (
+            "a blue triangle and an orange square",
+            "a blue square and an orange triangle",
+        ),
+        (
+            "a blue square and a green triangle",
+            "a blue triangle and a green square",
+        ),
+        (
+            "a yellow square and a purple triangle",
+            "a yellow triangle and a purple square",
+        ),
+    ];
+    let mut candidates = Vec::new();
+    let mut expected = Vec::new();
+    for (group, (prompt, swapped)) in pairs.iter().enumerate() {
+        let (right, wrong) = (
+            rendered(&parse(prompt), group as u64),
+            rendered(&parse(swapped), group as u64),
+        );
+        // The right scene first in even groups, second in odd ones.
+        if group % 2 == 0 {
+            candidates.extend([right, wrong]);
+            expected.push(2 * group);
+        } else {
+            candidates.extend([wrong, right]);
+            expected.push(2 * group + 1);
+        }
+    }
+    let prompts: Vec<&str> = pairs.iter().map(|(p, _)| *p).collect();
+    let picks = pipeline
+        .closest_to_prompts(&as_samples(&candidates), &prompts, 2)
+        .unwrap();
+    assert_eq!(picks, expected);
+}

@@ -104,7 +104,7 @@ fn shapes_hard_negatives_train_and_a_pipeline_seeds_fine_tuning() {
     recipe.train.batch_size = 8;
     recipe.train.learning_rate = 1e-3;
     recipe.vocab_size = 600;
-    recipe.hard_negatives = HardNegatives::Shapes;
+    recipe.hard_negatives = HardNegatives::ShapesRounded;
     let stage = ClipStage::new(&recipe, &data.to_string_lossy(), None, 3, &Device::Cpu).unwrap();
     let out = data.join("model");
     let opts = RunOptions {

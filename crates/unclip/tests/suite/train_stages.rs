@@ -335,10 +335,54 @@ fn a_decoder_with_its_own_text_encoder_trains_it_saves_it_and_reads_it_when_gene
         decoder: &out,
         upsampler: None,
         sampling: None,
+        ranker: None,
     };
     assemble(&parts, &pipeline_dir).unwrap();
     let mut pipeline = UnclipPipeline::load(&pipeline_dir, &Device::Cpu).unwrap();
     assert!(pipeline.decoder_text_encoder.is_some());
+    assert!(pipeline.ranker.is_none());
+    // A ranking CLIP goes in as `ranker/`: its weights, tokenizer and processor only.
+    let ranked_dir = root.join("pipeline-ranked");
+    assemble(
+        &PipelineParts {
+            ranker: Some(&clip_dir()),
+            ..parts
+        },
+        &ranked_dir,
+    )
+    .unwrap();
+    assert!(UnclipPipeline::load(&ranked_dir, &Device::Cpu)
+        .unwrap()
+        .ranker
+        .is_some());
+    assert!(ranked_dir.join("ranker/vocab.json").is_file());
+    let index = std::fs::read_to_string(ranked_dir.join("model_index.json")).unwrap();
+    assert!(!index.contains("ranker"), "{index}");
+    // ... or is copied from a pipeline folder that has one, and refused from one that has not.
+    let copied_dir = root.join("pipeline-ranker-copied");
+    assemble(
+        &PipelineParts {
+            ranker: Some(&ranked_dir),
+            ..parts
+        },
+        &copied_dir,
+    )
+    .unwrap();
+    assert_eq!(
+        std::fs::read(ranked_dir.join("ranker/model.safetensors")).unwrap(),
+        std::fs::read(copied_dir.join("ranker/model.safetensors")).unwrap()
+    );
+    let err = assemble(
+        &PipelineParts {
+            ranker: Some(&pipeline_dir),
+            ..parts
+        },
+        &root.join("never-ranked"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("`ranker/`"), "{err}");
+    assert!(!root.join("never-ranked").exists());
     // A pipeline folder can stand for the CLIP: its CLIP parts are copied unchanged.
     let again_dir = root.join("pipeline-from-pipeline");
     let from_pipeline = PipelineParts {
@@ -502,6 +546,7 @@ fn trained_parts_assemble_into_a_pipeline_that_generates_and_varies() {
         decoder: &root.join("decoder"),
         upsampler: Some(&root.join("upsampler")),
         sampling: Some(&sampling),
+        ranker: None,
     };
     assemble(&parts, &out).unwrap();
     let shipped = GenerateOptions::for_model(&out).unwrap();
@@ -517,6 +562,7 @@ fn trained_parts_assemble_into_a_pipeline_that_generates_and_varies() {
     let err = assemble(
         &PipelineParts {
             sampling: Some(&bad_sampling),
+            ranker: None,
             ..parts
         },
         &refused,
@@ -662,6 +708,7 @@ fn stages_fine_tune_from_trained_folders_and_refuse_other_architectures() {
             decoder: &root.join("decoder"),
             upsampler: Some(&root.join("upsampler")),
             sampling: None,
+            ranker: None,
         },
         &pipeline,
     )
