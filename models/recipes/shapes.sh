@@ -100,8 +100,8 @@ RAYON_NUM_THREADS=2 "$UNCLIP" train decoder --data "$P/mix" --clip "$W/clip" --o
   --upsampler "$W/upsampler" --sampling models/shapes/sampling.json --dtype f16 --out "$W/pipeline"
 # The ranking CLIP (ranker/, 7 December 2026, 2 cores): the pipeline's CLIP fine-tuned with the
 # shapes grammar's hard negatives, 1,000 steps (18.6 min). The sampling file then asks for 16 image
-# candidates per image (8 December): 0.56 / 0.52 -> 0.69 / 0.74 at seeds 0 / 1 (4 candidates:
-# 0.60 / 0.66, 8: 0.68 / 0.66).
+# candidates per image (8 December): 0.56 / 0.52 / 0.50 -> 0.69 / 0.74 / 0.73 at seeds 0 / 1 / 2
+# (4 candidates: 0.60 / 0.66 / 0.66; 8: 0.68 / 0.66 at seeds 0 / 1).
 "$UNCLIP" train clip --data "$W/data" --init-from "$W/pipeline" --out "$W/ranker" \
   --config $R/clip-shapes-negatives.json --lr 0.0005 --max-steps 1000 --checkpoint-every 250
 "$UNCLIP" assemble --clip "$W/pipeline" --prior "$W/pipeline" --decoder "$W/pipeline" \
